@@ -1,0 +1,297 @@
+//! The validated configuration: options from the command line over the
+//! config file, with defaults filled in and every value checked.
+//!
+//! `Config::load` is pure apart from reading the file and looking up
+//! users, so HUP can call it again and keep the old configuration when
+//! the new one is rejected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use log::LevelFilter;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::cli::{Options, ReadyMode};
+use crate::listeners::{BindOptions, BindSpec};
+
+/// What runs as a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerKind {
+    BuiltIn,
+    Exec { program: PathBuf, args: Vec<String> },
+}
+
+/// Who workers run as, resolved at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: Option<Uid>,
+    pub gid: Option<Gid>,
+    /// For initgroups: the user's name.
+    pub user_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub binds: Vec<BindSpec>,
+    pub bind_options: BindOptions,
+    pub workers: usize,
+    pub kind: WorkerKind,
+    pub pidfile: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    /// The heartbeat a worker owes, if any (see `heartbeat`).
+    pub timeout: Option<Duration>,
+    pub timeout_signal: Signal,
+    pub kill_after: Duration,
+    pub graceful_timeout: Duration,
+    pub ready: ReadyMode,
+    pub boot_timeout: Duration,
+    pub auto_retire: bool,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub client_timeout: Duration,
+    pub credentials: Credentials,
+    pub umask: Option<Mode>,
+    pub chdir: Option<PathBuf>,
+    pub log_level: LevelFilter,
+    pub log_file: Option<PathBuf>,
+}
+
+impl PartialEq for BindOptions {
+    fn eq(&self, o: &Self) -> bool {
+        self.backlog == o.backlog && self.reuse_port == o.reuse_port
+    }
+}
+
+/// Facts about the process environment that change defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// Started by systemd with `NOTIFY_SOCKET`.
+    pub under_systemd: bool,
+}
+
+impl Config {
+    /// Reads the `-c` file if any, puts the command line over it and
+    /// validates the result.
+    pub fn load(cli: &Options, ctx: Facts) -> Result<Config> {
+        let opts = match &cli.config {
+            Some(path) => cli.clone().over(read_file(path)?),
+            None => cli.clone(),
+        };
+        Config::from_options(opts, ctx)
+    }
+
+    pub fn from_options(o: Options, ctx: Facts) -> Result<Config> {
+        let kind = match o.exec {
+            Some(v) if !v.is_empty() => WorkerKind::Exec {
+                program: PathBuf::from(&v[0]),
+                args: v[1..].to_vec(),
+            },
+            Some(_) => bail!("--exec: missing PROGRAM"),
+            None => WorkerKind::BuiltIn,
+        };
+        let workers = o.workers.unwrap_or(1);
+        if workers == 0 {
+            bail!("--workers 0: at least one worker is needed");
+        }
+        let ready = o.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1)));
+        let timeout = heartbeat(&kind, ready, o.timeout.map(|s| s.0));
+        let backlog = o.backlog.unwrap_or(2048);
+        if backlog < 1 {
+            bail!("--backlog {backlog}: must be at least 1");
+        }
+        let log_level = match &o.log_level {
+            Some(l) => l.parse::<LevelFilter>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--log-level {l}: expected error, warn, info, debug or \
+                     trace"
+                )
+            })?,
+            None => LevelFilter::Info,
+        };
+        let umask = match &o.umask {
+            Some(s) => Some(parse_umask(s)?),
+            None => None,
+        };
+        Ok(Config {
+            binds: o.bind,
+            bind_options: BindOptions {
+                backlog,
+                reuse_port: o.reuse_port,
+            },
+            workers,
+            kind,
+            pidfile: o.pid.map(absolute),
+            config_file: o.config.map(absolute),
+            timeout,
+            timeout_signal: o
+                .timeout_signal
+                .map(|s| s.0)
+                .unwrap_or(Signal::SIGABRT),
+            kill_after: secs(o.kill_after, 2.0),
+            graceful_timeout: secs(o.graceful_timeout, 30.0),
+            ready,
+            boot_timeout: secs(o.boot_timeout, 30.0),
+            auto_retire: o.auto_retire.map(|a| a.0).unwrap_or(ctx.under_systemd),
+            max_requests: o.max_requests.unwrap_or(0),
+            max_requests_jitter: o.max_requests_jitter.unwrap_or(0),
+            client_timeout: secs(o.client_timeout, 10.0),
+            credentials: credentials(o.user.as_deref(), o.group.as_deref())?,
+            umask,
+            chdir: o.chdir,
+            log_level,
+            log_file: o.log_file.map(absolute),
+        })
+    }
+
+    pub fn is_exec(&self) -> bool {
+        matches!(self.kind, WorkerKind::Exec { .. })
+    }
+}
+
+/// Reads and parses a config file; errors name the file, and toml's
+/// name the line and column.
+pub fn read_file(path: &Path) -> Result<Options> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.to_string().replace('\n', " ");
+        let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+        anyhow::anyhow!("config {}: {msg}", path.display())
+    })
+}
+
+fn secs(v: Option<crate::cli::Secs>, default: f64) -> Duration {
+    v.map(|s| s.0).unwrap_or(Duration::from_secs_f64(default))
+}
+
+/// The heartbeat timeout a worker is held to. Built-in workers beat
+/// (30 s unless told); an exec worker only when it was asked to speak
+/// the notify protocol *and* given an explicit timeout, because most
+/// apps (gunicorn included) never send WATCHDOG=1.
+pub fn heartbeat(
+    kind: &WorkerKind,
+    ready: ReadyMode,
+    timeout: Option<Duration>,
+) -> Option<Duration> {
+    let t = match kind {
+        WorkerKind::BuiltIn => timeout.unwrap_or(Duration::from_secs(30)),
+        WorkerKind::Exec { .. } => match (ready, timeout) {
+            (ReadyMode::Notify, Some(t)) => t,
+            _ => return None,
+        },
+    };
+    (!t.is_zero()).then_some(t)
+}
+
+fn parse_umask(s: &str) -> Result<Mode> {
+    let bits = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|b| *b <= 0o777);
+    match bits {
+        Some(b) => Ok(Mode::from_bits_truncate(b as nix::libc::mode_t)),
+        None => bail!("--umask {s}: expected an octal mode such as 022"),
+    }
+}
+
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Credentials> {
+    let mut c = Credentials {
+        uid: None,
+        gid: None,
+        user_name: None,
+    };
+    if let Some(u) = user {
+        let found = match u.parse::<u32>() {
+            Ok(n) => User::from_uid(Uid::from_raw(n)),
+            Err(_) => User::from_name(u),
+        };
+        let found = found
+            .with_context(|| format!("--user {u}"))?
+            .with_context(|| format!("--user {u}: no such user"))?;
+        c.uid = Some(found.uid);
+        c.gid = Some(found.gid);
+        c.user_name = Some(found.name);
+    }
+    if let Some(g) = group {
+        let found = match g.parse::<u32>() {
+            Ok(n) => Group::from_gid(Gid::from_raw(n)),
+            Err(_) => Group::from_name(g),
+        };
+        let found = found
+            .with_context(|| format!("--group {g}"))?
+            .with_context(|| format!("--group {g}: no such group"))?;
+        c.gid = Some(found.gid);
+    }
+    Ok(c)
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p),
+        Err(_) => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn load(args: &[&str]) -> Result<Config> {
+        let mut v = vec!["upgrader"];
+        v.extend_from_slice(args);
+        Config::from_options(Options::try_parse_from(v)?, Facts::default())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.kind, WorkerKind::BuiltIn);
+        assert_eq!(c.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.timeout_signal, Signal::SIGABRT);
+        assert_eq!(c.graceful_timeout, Duration::from_secs(30));
+        assert!(!c.auto_retire);
+        assert_eq!(c.bind_options.backlog, 2048);
+    }
+
+    #[test]
+    fn exec_workers_owe_no_heartbeat_unless_asked_twice() {
+        let c = load(&["--exec", "./app"]).unwrap();
+        assert_eq!(c.timeout, None);
+        let c = load(&["--timeout", "5", "--exec", "./app"]).unwrap();
+        assert_eq!(c.timeout, None);
+        let c = load(&["--ready", "notify", "--timeout", "5", "--exec", "a"])
+            .unwrap();
+        assert_eq!(c.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn timeout_zero_is_off() {
+        assert_eq!(load(&["--timeout", "0"]).unwrap().timeout, None);
+    }
+
+    #[test]
+    fn auto_retire_defaults_on_under_systemd() {
+        let o = Options::try_parse_from(["upgrader"]).unwrap();
+        let c = Config::from_options(o, Facts { under_systemd: true });
+        assert!(c.unwrap().auto_retire);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = load(&["-w", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--workers 0"), "{e}");
+        let e = load(&["--umask", "999"]).unwrap_err().to_string();
+        assert!(e.contains("999"), "{e}");
+        let e = load(&["--user", "no-such-user-here"]).unwrap_err();
+        assert!(format!("{e:#}").contains("no such user"), "{e:#}");
+        let e = load(&["--log-level", "loud"]).unwrap_err().to_string();
+        assert!(e.contains("loud"), "{e}");
+    }
+}

@@ -1,0 +1,443 @@
+//! Listening sockets: what `--bind` means, binding them, and adopting
+//! the ones passed in (systemd's `LISTEN_FDS`, a predecessor master's
+//! `UPGRADER_FDS`).
+//!
+//! A listener is created once, before any worker exists, and shared by
+//! every generation through the same open file description. Ownership
+//! decides cleanup: only a socket this master bound is ever unlinked
+//! (the unix path), and only when no successor inherited it.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
+    SockaddrIn6, SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
+};
+
+/// The listener name systemd gives an unnamed descriptor.
+pub const UNNAMED: &str = "unknown";
+
+/// Where a listener is, as written after `--bind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A descriptor already open in this process (`fd:NUM`).
+    Fd(RawFd),
+    /// A socket passed by systemd, chosen by its `FileDescriptorName=`.
+    Systemd(String),
+}
+
+/// One `--bind [NAME=]ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSpec {
+    pub name: Option<String>,
+    pub addr: Addr,
+}
+
+impl BindSpec {
+    /// The name handed on in `LISTEN_FDNAMES`.
+    pub fn name(&self) -> &str {
+        match (&self.name, &self.addr) {
+            (Some(n), _) => n,
+            (None, Addr::Systemd(n)) => n,
+            (None, _) => UNNAMED,
+        }
+    }
+}
+
+/// A name as systemd accepts it in `LISTEN_FDNAMES` (and a little
+/// stricter: letters, digits, `_.-`).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+impl FromStr for BindSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = match s.split_once('=') {
+            Some((n, r)) if valid_name(n) => (Some(n.to_string()), r),
+            _ => (None, s),
+        };
+        let addr = parse_addr(rest)?;
+        Ok(BindSpec { name, addr })
+    }
+}
+
+fn parse_addr(s: &str) -> Result<Addr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a path".into());
+        }
+        return Ok(Addr::Unix(PathBuf::from(path)));
+    }
+    if let Some(num) = s.strip_prefix("fd:") {
+        let fd: RawFd = num
+            .parse()
+            .map_err(|_| format!("fd:{num}: not a descriptor number"))?;
+        if fd < 3 {
+            return Err(format!("fd:{fd}: 0, 1 and 2 are stdio"));
+        }
+        return Ok(Addr::Fd(fd));
+    }
+    if let Some(name) = s.strip_prefix("systemd:") {
+        if !valid_name(name) {
+            return Err(format!(
+                "systemd:{name}: a name is letters, digits and _.-"
+            ));
+        }
+        return Ok(Addr::Systemd(name.to_string()));
+    }
+    parse_tcp(s).map(Addr::Tcp)
+}
+
+fn parse_tcp(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s}: expected HOST:PORT, [V6]:PORT, unix:PATH, fd:NUM or \
+             systemd:NAME"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s}: port {port:?} is not in 0-65535"))?;
+    if host.is_empty() {
+        return Err(format!("{s}: missing host"));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{s}: cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s}: {host} has no address"))
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Fd(n) => write!(f, "fd:{n}"),
+            Addr::Systemd(n) => write!(f, "systemd:{n}"),
+        }
+    }
+}
+
+impl fmt::Display for BindSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n}={}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// Who created a socket: decides whether this master may unlink it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Bound,
+    Inherited,
+}
+
+/// An open listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub fd: OwnedFd,
+    /// The address it listens on, as `getsockname` reports it (the real
+    /// port when `:0` was asked for).
+    pub local: Addr,
+    pub origin: Origin,
+}
+
+impl Listener {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn borrow(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Removes the socket file of a unix listener this master bound.
+    pub fn unlink(&self) {
+        if let (Origin::Bound, Addr::Unix(path)) = (self.origin, &self.local)
+        {
+            match std::fs::remove_file(path) {
+                Ok(()) => log::debug!("unlinked {}", path.display()),
+                Err(e) => log::warn!("unlink {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// Socket options for sockets this master binds.
+#[derive(Debug, Clone, Copy)]
+pub struct BindOptions {
+    pub backlog: i32,
+    pub reuse_port: bool,
+}
+
+/// Creates, binds and listens. The socket is CLOEXEC, with SO_REUSEADDR
+/// so a restart right after a stop never fails on TIME_WAIT.
+pub fn bind(spec: &BindSpec, opts: BindOptions) -> Result<Listener> {
+    let what = format!("bind {}", spec.addr);
+    let fd = match &spec.addr {
+        Addr::Tcp(a) => bind_tcp(*a, opts),
+        Addr::Unix(p) => bind_unix(p, opts),
+        Addr::Fd(_) | Addr::Systemd(_) => {
+            bail!("{what}: no such socket was passed to this process")
+        }
+    }
+    .map_err(|e| anyhow!("{what}: {e}"))?;
+    let local = local_addr(fd.as_fd()).unwrap_or_else(|_| spec.addr.clone());
+    Ok(Listener {
+        name: spec.name().to_string(),
+        fd,
+        local,
+        origin: Origin::Bound,
+    })
+}
+
+fn errno_text(e: nix::Error) -> String {
+    e.desc().to_string()
+}
+
+fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(errno_text)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(errno_text)?;
+    if opts.reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)
+            .map_err(errno_text)?;
+    }
+    let r = match addr {
+        SocketAddr::V4(a) => {
+            socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))
+        }
+        SocketAddr::V6(a) => {
+            // [::] means IPv6 only, so 0.0.0.0 and [::] can both be
+            // bound, as nginx does.
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                .map_err(errno_text)?;
+            socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))
+        }
+    };
+    r.map_err(errno_text)?;
+    listen(&fd, opts.backlog)?;
+    Ok(fd)
+}
+
+fn listen(fd: &OwnedFd, backlog: i32) -> Result<(), String> {
+    let backlog = Backlog::new(backlog).map_err(errno_text)?;
+    socket::listen(fd, backlog).map_err(errno_text)
+}
+
+fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
+    remove_stale_socket(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(errno_text)?;
+    let addr = UnixAddr::new(path).map_err(errno_text)?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(errno_text)?;
+    listen(&fd, opts.backlog)?;
+    Ok(fd)
+}
+
+/// A socket file left by a master that died is removed; one that
+/// somebody still listens on is not ("address in use").
+fn remove_stale_socket(path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err("Address already in use (not a socket)".into());
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err("Address already in use (a server is listening)".into());
+    }
+    std::fs::remove_file(path).map_err(|e| format!("remove stale: {e}"))
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Addr> {
+    let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())
+        .context("getsockname")?;
+    if let Some(a) = ss.as_sockaddr_in() {
+        return Ok(Addr::Tcp(SocketAddr::V4((*a).into())));
+    }
+    if let Some(a) = ss.as_sockaddr_in6() {
+        return Ok(Addr::Tcp(SocketAddr::V6((*a).into())));
+    }
+    if let Some(u) = ss.as_unix_addr() {
+        if let Some(p) = u.path() {
+            return Ok(Addr::Unix(p.to_path_buf()));
+        }
+        return Ok(Addr::Unix(PathBuf::from("@")));
+    }
+    bail!("unsupported address family {:?}", ss.family())
+}
+
+/// Checks that an inherited descriptor is a listening stream socket
+/// before it is trusted (listenfd does the same), and wraps it.
+pub fn adopt(fd: OwnedFd, name: &str) -> Result<Listener> {
+    let raw = fd.as_raw_fd();
+    let ty = socket::getsockopt(&fd, sockopt::SockType)
+        .with_context(|| format!("fd {raw} ({name}) is not a socket"))?;
+    if ty != SockType::Stream {
+        bail!("fd {raw} ({name}) is a {ty:?} socket, not a stream socket");
+    }
+    let listening = socket::getsockopt(&fd, sockopt::AcceptConn)
+        .with_context(|| format!("fd {raw} ({name}): SO_ACCEPTCONN"))?;
+    if !listening {
+        bail!("fd {raw} ({name}) is not listening");
+    }
+    let local = local_addr(fd.as_fd())
+        .with_context(|| format!("fd {raw} ({name})"))?;
+    Ok(Listener {
+        name: name.to_string(),
+        fd,
+        local,
+        origin: Origin::Inherited,
+    })
+}
+
+/// Opens the listeners a configuration asks for: inherited sockets are
+/// matched to `--bind` entries by name (`systemd:NAME`), by number
+/// (`fd:N`) or by address; the rest are bound. With no `--bind`, every
+/// inherited socket is served; with neither, the default address.
+pub fn open_all(
+    specs: &[BindSpec],
+    mut inherited: Vec<Listener>,
+    opts: BindOptions,
+) -> Result<Vec<Listener>> {
+    if specs.is_empty() && !inherited.is_empty() {
+        return Ok(inherited);
+    }
+    let default = [default_bind()];
+    let specs = if specs.is_empty() { &default[..] } else { specs };
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let found = inherited.iter().position(|l| matches(spec, l));
+        let mut l = match found {
+            Some(i) => inherited.remove(i),
+            None => match &spec.addr {
+                Addr::Fd(n) => {
+                    let fd = crate::sys::adopt_inherited(*n).ok_or_else(
+                        || anyhow!("bind fd:{n}: descriptor is not open"),
+                    )?;
+                    let mut l = adopt(fd, spec.name())
+                        .with_context(|| format!("bind fd:{n}"))?;
+                    // fd:N was ours to take but not ours to unlink.
+                    l.origin = Origin::Inherited;
+                    l
+                }
+                _ => bind(spec, opts)?,
+            },
+        };
+        if let Some(n) = &spec.name {
+            l.name = n.clone();
+        }
+        out.push(l);
+    }
+    for l in inherited {
+        log::warn!(
+            "inherited socket {} ({}) matches no --bind: not served",
+            l.local,
+            l.name
+        );
+    }
+    Ok(out)
+}
+
+/// `127.0.0.1:8000`, as gunicorn.
+pub fn default_bind() -> BindSpec {
+    BindSpec {
+        name: None,
+        addr: Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000))),
+    }
+}
+
+fn matches(spec: &BindSpec, l: &Listener) -> bool {
+    match &spec.addr {
+        Addr::Systemd(name) => &l.name == name,
+        Addr::Fd(n) => l.raw() == *n,
+        Addr::Tcp(a) => l.local == Addr::Tcp(*a),
+        Addr::Unix(p) => l.local == Addr::Unix(p.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> BindSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            spec("127.0.0.1:80").addr,
+            Addr::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(spec("[::1]:8000").addr, Addr::Tcp("[::1]:8000".parse().unwrap()));
+        assert_eq!(spec("unix:/run/a.sock").addr, Addr::Unix("/run/a.sock".into()));
+        assert_eq!(spec("fd:3").addr, Addr::Fd(3));
+        assert_eq!(spec("systemd:http").addr, Addr::Systemd("http".into()));
+        let named = spec("admin=127.0.0.1:9000");
+        assert_eq!(named.name(), "admin");
+        assert_eq!(spec("127.0.0.1:80").name(), "unknown");
+        assert_eq!(spec("systemd:web").name(), "web");
+        assert_eq!(spec("localhost:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_path_with_equals_is_not_a_name() {
+        let s = spec("unix:/tmp/a=b");
+        assert_eq!(s.name, None);
+        assert_eq!(s.addr, Addr::Unix("/tmp/a=b".into()));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_reason() {
+        let e = "127.0.0.1:99999".parse::<BindSpec>().unwrap_err();
+        assert!(e.contains("99999"), "{e}");
+        assert!("fd:1".parse::<BindSpec>().unwrap_err().contains("stdio"));
+        assert!("unix:".parse::<BindSpec>().is_err());
+        assert!("nonsense".parse::<BindSpec>().is_err());
+        assert!("systemd:a:b".parse::<BindSpec>().is_err());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["127.0.0.1:80", "a=unix:/x", "systemd:http", "fd:4"] {
+            assert_eq!(spec(s).to_string(), s);
+        }
+    }
+}

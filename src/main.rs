@@ -1,0 +1,129 @@
+//! upgrader: a zero-downtime socket-handoff master.
+//!
+//! `main` reads the environment once, parses the command line, and is
+//! the only place that prints a fatal error and picks the exit status
+//! (SPEC 11): 0 stopped, 1 runtime failure, 2 usage or configuration
+//! error, 3 workers failed to boot, 4 the app cannot load.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// `sys` is the one module allowed to use `unsafe` (see its header).
+#[allow(unsafe_code)]
+mod sys;
+
+mod cli;
+mod config;
+mod handoff;
+mod http;
+mod listeners;
+mod logging;
+mod master;
+mod notify;
+mod pidfile;
+mod pool;
+mod signals;
+mod spawn;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use crate::cli::Options;
+use crate::config::{Config, Facts};
+
+/// A failure with the status it exits with.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
+}
+
+fn runtime(error: anyhow::Error) -> Failure {
+    Failure { code: 1, error }
+}
+
+fn main() -> ExitCode {
+    let env = handoff::Environment::read();
+    let cli = match Options::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_exit(e),
+    };
+    match run(cli, env) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("upgrader: error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// clap's own output for help and version; for a bad value, the one
+/// line that names it (SPEC 3), then exit 2.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid value");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("upgrader: error: {first}");
+            ExitCode::from(2)
+        }
+        _ => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
+    let facts = Facts {
+        under_systemd: env.notify_socket.is_some(),
+    };
+    let cfg = Config::load(&cli, facts).map_err(usage)?;
+    if cli.check_config {
+        println!("upgrader: configuration ok");
+        return Ok(0);
+    }
+    if let Some(verb) = &cli.control {
+        return Err(usage(anyhow::anyhow!(
+            "-s {verb}: control commands are not implemented yet"
+        )));
+    }
+    logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
+        .map_err(runtime)?;
+    logging::set_role(format!("master[{}]", std::process::id()));
+    if let Some(p) = &cfg.pidfile {
+        pidfile::check_free(p).map_err(runtime)?;
+    }
+    // Block the master's signals before anything is forked, so no child
+    // is ever born between a signal and its handling.
+    let signals =
+        signals::block_into_fd(&signals::HANDLED).map_err(runtime)?;
+    let inherited = env.take_listen_fds().map_err(runtime)?;
+    let listeners =
+        listeners::open_all(&cfg.binds, inherited, cfg.bind_options)
+            .map_err(runtime)?;
+    let master = master::Master::new(master::Parts {
+        cli,
+        facts,
+        cfg,
+        listeners,
+        signals,
+        env,
+    })
+    .map_err(runtime)?;
+    let exit = master.run().map_err(runtime)?;
+    if let Some(reason) = &exit.reason {
+        eprintln!("upgrader: error: {reason}");
+    }
+    Ok(exit.code)
+}

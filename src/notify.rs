@@ -1,0 +1,275 @@
+//! The sd_notify datagram protocol, both ways.
+//!
+//! * `Server`: the master's private notify socket. Workers (built-in and
+//!   exec alike) send `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`
+//!   there; the kernel stamps each datagram with the sender's pid
+//!   (SO_PASSCRED), which is how the master knows who spoke.
+//! * `send` / `Systemd`: messages to a notify socket, systemd's or the
+//!   master's, including the `BARRIER=1` handshake that makes sure
+//!   systemd processed everything sent before (sd_notify_barrier(3)).
+//!
+//! The wire format is newline-separated `KEY=VALUE` lines
+//! (sd_notify(3)); a path starting with `@` is in the abstract namespace.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{
+    self, ControlMessage, ControlMessageOwned, MsgFlags, UnixCredentials,
+    sockopt,
+};
+use nix::unistd::Pid;
+
+/// One datagram, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub pid: Pid,
+    pub text: String,
+}
+
+impl Message {
+    /// The `KEY=VALUE` pairs, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        pairs(&self.text)
+    }
+}
+
+pub fn pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|l| l.split_once('='))
+}
+
+/// The master's private notify socket, in a directory of its own.
+#[derive(Debug)]
+pub struct Server {
+    sock: UnixDatagram,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Server {
+    /// Binds `<runtime dir>/upgrader.<pid>.<nanos>/notify`.
+    pub fn bind(owner: Option<nix::unistd::Uid>) -> Result<Server> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            base.join(format!("upgrader.{}.{nanos}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("notify dir {}", dir.display()))?;
+        // Workers that dropped privileges must reach the socket: the
+        // directory is searchable, not listable; senders are checked by
+        // their kernel credentials anyway.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+        let path = dir.join("notify");
+        let sock = UnixDatagram::bind(&path)
+            .with_context(|| format!("notify socket {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        if let Some(uid) = owner {
+            let _ = nix::unistd::chown(&path, Some(uid), None);
+        }
+        sock.set_nonblocking(true).context("notify socket")?;
+        socket::setsockopt(&sock, sockopt::PassCred, &true)
+            .context("SO_PASSCRED")?;
+        Ok(Server { sock, dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Every datagram waiting now.
+    pub fn drain(&self) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut cmsg = nix::cmsg_space!(UnixCredentials);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let r = socket::recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            let msg = match r {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            let pid = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(c) => Some(c.pid()),
+                    _ => None,
+                })
+            });
+            let len = msg.bytes;
+            if let Some(pid) = pid {
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                out.push(Message {
+                    pid: Pid::from_raw(pid),
+                    text,
+                });
+            }
+        }
+        out
+    }
+
+    /// Removes the socket and its directory.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn address(path: &str) -> std::io::Result<SocketAddr> {
+    match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(path),
+    }
+}
+
+/// Sends one datagram to a notify socket.
+pub fn send(path: &str, text: &str) -> std::io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(text.as_bytes(), &address(path)?)?;
+    Ok(())
+}
+
+/// systemd's notify socket, if the master was started with one.
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    path: Option<String>,
+}
+
+impl Systemd {
+    pub fn new(path: Option<String>) -> Systemd {
+        Systemd { path }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Sends `text`; failures are logged at debug, as systemd's own
+    /// clients do: notification is best effort.
+    pub fn notify(&self, text: &str) {
+        if let Some(p) = &self.path {
+            match send(p, text) {
+                Ok(()) => log::debug!("sd_notify: {}", text.replace('\n', " ")),
+                Err(e) => log::debug!("sd_notify {p}: {e}"),
+            }
+        }
+    }
+
+    /// `BARRIER=1`: waits until systemd has processed every message sent
+    /// before (it closes the pipe end we pass), at most `limit`.
+    pub fn barrier(&self, limit: Duration) -> Result<()> {
+        let Some(p) = &self.path else { return Ok(()) };
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .context("pipe")?;
+        let sock = UnixDatagram::unbound().context("socket")?;
+        sock.connect_addr(&address(p)?)
+            .with_context(|| format!("connect {p}"))?;
+        let fds = [w.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"BARRIER=1")];
+        socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .context("sendmsg BARRIER=1")?;
+        drop(w);
+        wait_hangup(r, limit)
+    }
+}
+
+fn wait_hangup(r: OwnedFd, limit: Duration) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, ms) {
+            Ok(0) => anyhow::bail!("barrier: no answer in {limit:?}"),
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll barrier"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sees_sender_pid_and_text() {
+        let s = Server::bind(None).unwrap();
+        send(s.path().to_str().unwrap(), "READY=1\nSTATUS=hi there").unwrap();
+        let msgs = s.drain();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].pid.as_raw() as u32, std::process::id());
+        let pairs: Vec<_> = msgs[0].pairs().collect();
+        assert_eq!(pairs, [("READY", "1"), ("STATUS", "hi there")]);
+        s.remove();
+        assert!(!s.dir.exists());
+    }
+
+    #[test]
+    fn barrier_returns_when_the_receiver_closes_the_fd() {
+        let s = Server::bind(None).unwrap();
+        let sd = Systemd::new(Some(s.path().to_str().unwrap().to_string()));
+        // The receiver drops the passed fd when drain() discards the
+        // control message, which is what systemd does after processing.
+        let h = std::thread::scope(|sc| {
+            let h = sc.spawn(|| sd.barrier(Duration::from_secs(5)));
+            // Poll the server until the barrier datagram is consumed.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                let mut buf = [0u8; 64];
+                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                if let Ok(m) = socket::recvmsg::<()>(
+                    s.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    for c in m.cmsgs().unwrap() {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for fd in fds {
+                                let _ = nix::unistd::close(
+                                    crate::sys::adopt_inherited(fd).unwrap(),
+                                );
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+            h.join().unwrap()
+        });
+        h.unwrap();
+        s.remove();
+    }
+}

@@ -1,0 +1,345 @@
+//! The worker pool as data: who is alive, in which state, of which
+//! generation, and what should happen next. Nothing here forks or
+//! signals; the master asks `plan` and `due` and carries the answers
+//! out, so the decisions are unit-tested without processes.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Spawned, not ready yet. `ready_at`: exec workers in
+    /// `--ready delay:SECS` mode become ready then by themselves.
+    Booting {
+        ready_by: Instant,
+        ready_at: Option<Instant>,
+    },
+    /// Serving. `beat_by`: the next heartbeat is owed by then.
+    Ready {
+        since: Instant,
+        beat_by: Option<Instant>,
+    },
+    /// Asked to go (the signal is sent); SIGKILL at `kill_at` if still
+    /// there (`None` once the SIGKILL is sent).
+    Stopping {
+        why: Stop,
+        kill_at: Option<Instant>,
+    },
+}
+
+/// Why a worker is going away; decides how its exit is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Retired: scale-down, reload, WINCH, graceful stop (TERM).
+    Drain,
+    /// Fast stop or halt (QUIT).
+    Quit,
+    /// Missed its heartbeat (the timeout signal).
+    Late,
+    /// Not ready by the boot deadline (SIGKILL).
+    BootTimeout,
+    /// Said `STOPPING=1` itself (e.g. --max-requests).
+    Leaving,
+}
+
+/// Bounded tail of an exec worker's output, for failure reports.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+}
+
+impl Tail {
+    pub const KEEP: usize = 5;
+
+    pub fn push(&mut self, line: &str) {
+        if self.lines.len() == Self::KEEP {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.chars().take(300).collect());
+    }
+
+    pub fn last(&self) -> Option<&str> {
+        self.lines.back().map(|s| s.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub pid: Pid,
+    pub age: u64,
+    pub generation: u64,
+    pub spawned: Instant,
+    pub state: State,
+    /// Exec workers: read end of their stdout/stderr pipe.
+    pub output: Option<OwnedFd>,
+    /// A partial line of output not yet relayed.
+    pub partial: Vec<u8>,
+    pub tail: Tail,
+    /// Exec workers: read end of the pipe that carries execve's errno.
+    pub exec_errors: Option<OwnedFd>,
+    /// The last `STATUS=` it sent.
+    pub status: Option<String>,
+}
+
+impl Worker {
+    pub fn new(pid: Pid, age: u64, generation: u64, state: State) -> Self {
+        Worker {
+            pid,
+            age,
+            generation,
+            spawned: Instant::now(),
+            state,
+            output: None,
+            partial: Vec::new(),
+            tail: Tail::default(),
+            exec_errors: None,
+            status: None,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.state, State::Stopping { .. })
+    }
+
+    /// "worker[123] gen=2 age=7", the role its log lines carry.
+    pub fn role(&self) -> String {
+        role(self.pid, self.generation, self.age)
+    }
+
+    /// The next instant at which this worker needs attention.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Booting { ready_by, ready_at } => {
+                Some(ready_at.map_or(ready_by, |a| a.min(ready_by)))
+            }
+            State::Ready { beat_by, .. } => beat_by,
+            State::Stopping { kill_at, .. } => kill_at,
+        }
+    }
+}
+
+pub fn role(pid: Pid, generation: u64, age: u64) -> String {
+    format!("worker[{pid}] gen={generation} age={age}")
+}
+
+/// A timer that went off for one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// `--ready delay`: alive long enough, now ready.
+    Ready,
+    /// Not ready by `--boot-timeout`.
+    BootTimeout,
+    /// Heartbeat late by `--timeout`: send the timeout signal.
+    Late,
+    /// Still there at its kill deadline: SIGKILL.
+    Kill,
+}
+
+/// What timer (if any) has gone off for `w` at `now`.
+pub fn due(w: &Worker, now: Instant) -> Option<Due> {
+    match w.state {
+        State::Booting { ready_by, ready_at } => {
+            if ready_at.is_some_and(|a| a <= now) && now < ready_by {
+                Some(Due::Ready)
+            } else if ready_by <= now {
+                Some(Due::BootTimeout)
+            } else {
+                None
+            }
+        }
+        State::Ready { beat_by, .. } => {
+            beat_by.filter(|b| *b <= now).map(|_| Due::Late)
+        }
+        State::Stopping { kill_at, .. } => {
+            kill_at.filter(|k| *k <= now).map(|_| Due::Kill)
+        }
+    }
+}
+
+/// What the pool should do now to reach the desired shape.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Workers of the current generation to spawn.
+    pub spawn: usize,
+    /// Workers to retire gracefully (TERM), oldest first.
+    pub retire: Vec<Pid>,
+}
+
+/// Reconciles the workers with `desired` workers of generation
+/// `current`:
+/// * too few of the current generation: spawn (unless `may_spawn` is
+///   false: backoff or stopping);
+/// * too many: retire the oldest;
+/// * older generations are retired only once the current one has
+///   `desired` ready workers (invariant 2: the old serves until the
+///   new is ready).
+pub fn plan(
+    workers: &[Worker],
+    desired: usize,
+    current: u64,
+    may_spawn: bool,
+) -> Plan {
+    let mut live: Vec<&Worker> = workers
+        .iter()
+        .filter(|w| w.generation == current && !w.is_stopping())
+        .collect();
+    live.sort_by_key(|w| w.age);
+    let mut plan = Plan::default();
+    if live.len() < desired && may_spawn {
+        plan.spawn = desired - live.len();
+    }
+    if live.len() > desired {
+        // Prefer retiring workers that are not ready yet? No: the oldest
+        // go first, as gunicorn and nginx do; the young are the ones
+        // carrying the newest code.
+        let extra = live.len() - desired;
+        plan.retire.extend(live.iter().take(extra).map(|w| w.pid));
+    }
+    let ready = live.iter().filter(|w| w.is_ready()).count();
+    if ready >= desired {
+        let mut old: Vec<&Worker> = workers
+            .iter()
+            .filter(|w| w.generation < current && !w.is_stopping())
+            .collect();
+        old.sort_by_key(|w| w.age);
+        plan.retire.extend(old.iter().map(|w| w.pid));
+    }
+    plan
+}
+
+/// Delay before the next respawn after `failures` consecutive failed
+/// workers: the first failure respawns at once, then 100 ms doubling up
+/// to 10 s, so a crashing app costs a little CPU, not a fork storm.
+pub fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (failures - 2).min(7);
+    (Duration::from_millis(100) * 2u32.pow(exp)).min(Duration::from_secs(10))
+}
+
+/// How long a worker must have served before its death no longer counts
+/// as part of a crash streak.
+pub const STABLE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(pid: i32, age: u64, generation: u64, ready: bool) -> Worker {
+        let now = Instant::now();
+        let state = if ready {
+            State::Ready {
+                since: now,
+                beat_by: None,
+            }
+        } else {
+            State::Booting {
+                ready_by: now + Duration::from_secs(30),
+                ready_at: None,
+            }
+        };
+        Worker::new(Pid::from_raw(pid), age, generation, state)
+    }
+
+    #[test]
+    fn spawns_up_to_desired() {
+        let p = plan(&[w(10, 1, 1, true)], 3, 1, true);
+        assert_eq!(p.spawn, 2);
+        assert!(p.retire.is_empty());
+        assert_eq!(plan(&[], 3, 1, false).spawn, 0, "backoff holds spawns");
+    }
+
+    #[test]
+    fn scale_down_retires_oldest_first() {
+        let ws = [w(12, 3, 1, true), w(10, 1, 1, true), w(11, 2, 1, true)];
+        let p = plan(&ws, 1, 1, true);
+        assert_eq!(p.retire, [Pid::from_raw(10), Pid::from_raw(11)]);
+    }
+
+    #[test]
+    fn old_generation_stays_until_new_is_ready() {
+        let mut ws = vec![w(10, 1, 1, true), w(11, 2, 1, true)];
+        ws.push(w(20, 3, 2, true));
+        ws.push(w(21, 4, 2, false));
+        let p = plan(&ws, 2, 2, true);
+        assert!(p.retire.is_empty(), "one new worker is still booting");
+        ws[3].state = State::Ready {
+            since: Instant::now(),
+            beat_by: None,
+        };
+        let p = plan(&ws, 2, 2, true);
+        assert_eq!(p.retire, [Pid::from_raw(10), Pid::from_raw(11)]);
+    }
+
+    #[test]
+    fn stopping_workers_are_not_counted() {
+        let mut a = w(10, 1, 1, true);
+        a.state = State::Stopping {
+            why: Stop::Leaving,
+            kill_at: None,
+        };
+        assert_eq!(plan(&[a], 1, 1, true).spawn, 1);
+    }
+
+    #[test]
+    fn drain_to_zero_retires_everyone() {
+        let ws = [w(10, 1, 1, true), w(11, 2, 1, false)];
+        assert_eq!(plan(&ws, 0, 1, true).retire.len(), 2);
+    }
+
+    #[test]
+    fn timers() {
+        let now = Instant::now();
+        let mut a = w(10, 1, 1, false);
+        a.state = State::Booting {
+            ready_by: now + Duration::from_secs(5),
+            ready_at: Some(now),
+        };
+        assert_eq!(due(&a, now), Some(Due::Ready));
+        a.state = State::Booting {
+            ready_by: now,
+            ready_at: None,
+        };
+        assert_eq!(due(&a, now), Some(Due::BootTimeout));
+        a.state = State::Ready {
+            since: now,
+            beat_by: Some(now + Duration::from_secs(1)),
+        };
+        assert_eq!(due(&a, now), None);
+        assert_eq!(due(&a, now + Duration::from_secs(1)), Some(Due::Late));
+        a.state = State::Stopping {
+            why: Stop::Drain,
+            kill_at: Some(now),
+        };
+        assert_eq!(due(&a, now), Some(Due::Kill));
+        assert_eq!(a.deadline(), Some(now));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(200));
+        assert_eq!(backoff(50), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let mut t = Tail::default();
+        for i in 0..9 {
+            t.push(&format!("line {i}"));
+        }
+        assert_eq!(t.last(), Some("line 8"));
+        assert_eq!(t.lines.len(), Tail::KEEP);
+    }
+}

@@ -1,0 +1,353 @@
+//! Forking workers: what every worker does first (its own process
+//! group, dropped privileges, death with the master, a clean signal
+//! state), and the exec worker's keeper.
+//!
+//! An exec worker is two processes: the *keeper*, forked by the master,
+//! leader of the worker's process group, and the user's app, its child,
+//! in the same group. The app's own children (gunicorn's workers) stay
+//! in that group too, but the parent-death signal reaches only a direct
+//! child; the keeper holds it instead (SIGHUP), and when the master dies
+//! it SIGKILLs the whole group, itself included. That is how invariant 4
+//! (no orphans, no held ports) covers apps that fork. The keeper mirrors
+//! the app's exit status (or death signal), so to the master the keeper
+//! *is* the worker. See DESIGN.md, "Process model".
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getpid, getppid, setpgid};
+
+use crate::config::{Config, Credentials, WorkerKind};
+use crate::sys::{self, Fork};
+
+/// Everything about the master a worker needs to know.
+pub struct Setup<'a> {
+    pub master: Pid,
+    pub config: &'a Config,
+    pub listeners: &'a [(String, RawFd)],
+    pub notify: &'a Path,
+    /// The master's environment at start, less the hand-off variables.
+    pub base_env: &'a [(OsString, OsString)],
+    pub hooks: bool,
+}
+
+/// A freshly forked worker, as the master sees it.
+pub struct Spawned {
+    pub pid: Pid,
+    pub output: Option<OwnedFd>,
+    pub exec_errors: Option<OwnedFd>,
+}
+
+/// Forks one worker of `generation`, number `age`.
+pub fn spawn(ctx: &Setup<'_>, age: u64, generation: u64) -> Result<Spawned> {
+    match &ctx.config.kind {
+        WorkerKind::BuiltIn => spawn_builtin(ctx, age, generation),
+        WorkerKind::Exec { program, args } => {
+            spawn_exec(ctx, program, args, age, generation)
+        }
+    }
+}
+
+fn spawn_builtin(ctx: &Setup<'_>, age: u64, generation: u64) -> Result<Spawned> {
+    let params = crate::worker::Params {
+        master: ctx.master,
+        age,
+        generation,
+        listeners: ctx.listeners.iter().map(|(_, fd)| *fd).collect(),
+        notify: ctx.notify.to_path_buf(),
+        timeout: ctx.config.timeout,
+        max_requests: crate::worker::with_jitter(
+            ctx.config.max_requests,
+            ctx.config.max_requests_jitter,
+            age,
+        ),
+        client_timeout: ctx.config.client_timeout,
+        hooks: ctx.hooks,
+    };
+    match sys::fork().context("fork")? {
+        Fork::Child => {
+            if let Err(e) = become_worker(ctx, Signal::SIGKILL) {
+                log::error!("worker setup: {e:#}");
+                sys::exit_now(3);
+            }
+            crate::worker::run(params)
+        }
+        Fork::Parent(pid) => {
+            // Also set here, so the master can signal the group even
+            // before the child ran (both sides call it; POSIX idiom).
+            let _ = setpgid(pid, pid);
+            Ok(Spawned {
+                pid,
+                output: None,
+                exec_errors: None,
+            })
+        }
+    }
+}
+
+/// The first steps of every worker: own process group, working
+/// directory, umask, privileges, death with the master (set after the
+/// privilege drop, which clears it), and a clean signal state.
+fn become_worker(ctx: &Setup<'_>, death: Signal) -> Result<()> {
+    let cfg = ctx.config;
+    setpgid(Pid::from_raw(0), Pid::from_raw(0)).context("setpgid")?;
+    if let Some(dir) = &cfg.chdir {
+        nix::unistd::chdir(dir)
+            .with_context(|| format!("chdir {}", dir.display()))?;
+    }
+    if let Some(mask) = cfg.umask {
+        nix::sys::stat::umask(mask);
+    }
+    drop_privileges(&cfg.credentials)?;
+    nix::sys::prctl::set_pdeathsig(death).context("PR_SET_PDEATHSIG")?;
+    // Closes the race: the master may have died before the prctl.
+    if getppid() != ctx.master {
+        sys::exit_now(1);
+    }
+    crate::signals::unblock_all()?;
+    sys::default_disposition(Signal::SIGPIPE).context("SIGPIPE")?;
+    Ok(())
+}
+
+fn drop_privileges(c: &Credentials) -> Result<()> {
+    if let (Some(name), Some(gid)) = (&c.user_name, c.gid) {
+        let cname = CString::new(name.as_bytes()).context("user name")?;
+        nix::unistd::initgroups(&cname, gid)
+            .with_context(|| format!("initgroups {name}"))?;
+    } else if let Some(gid) = c.gid {
+        nix::unistd::setgroups(&[gid]).context("setgroups")?;
+    }
+    if let Some(gid) = c.gid {
+        nix::unistd::setgid(gid).with_context(|| format!("setgid {gid}"))?;
+    }
+    if let Some(uid) = c.uid {
+        nix::unistd::setuid(uid).with_context(|| format!("setuid {uid}"))?;
+    }
+    Ok(())
+}
+
+/// Variables never handed to an exec worker from the master's own
+/// environment: systemd's (they were meant for the master) and the
+/// master's hand-off protocol.
+pub fn is_private_var(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    n.starts_with(b"LISTEN_")
+        || n.starts_with(b"WATCHDOG_")
+        || n.starts_with(b"UPGRADER_")
+        || n == b"NOTIFY_SOCKET"
+}
+
+/// The environment of an exec worker, built (never edited), without
+/// the pid variables the child fills in itself.
+pub fn exec_env(
+    ctx: &Setup<'_>,
+    age: u64,
+    generation: u64,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = ctx
+        .base_env
+        .iter()
+        .filter(|(k, _)| !is_private_var(k))
+        .cloned()
+        .collect();
+    let names: Vec<&str> =
+        ctx.listeners.iter().map(|(n, _)| n.as_str()).collect();
+    let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
+    set("LISTEN_FDS", ctx.listeners.len().to_string());
+    set("LISTEN_FDNAMES", names.join(":"));
+    set("NOTIFY_SOCKET", ctx.notify.display().to_string());
+    if let Some(t) = ctx.config.timeout {
+        set("WATCHDOG_USEC", t.as_micros().to_string());
+    }
+    set("UPGRADER_WORKER_AGE", age.to_string());
+    set("UPGRADER_GENERATION", generation.to_string());
+    env
+}
+
+/// `program` as execve needs it: a path with a slash is used as is
+/// (made absolute by the config), a bare name is looked up in PATH now,
+/// so HUP picks up whatever is installed at that moment.
+fn resolve(program: &Path, env: &[(OsString, OsString)]) -> PathBuf {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return program.to_path_buf();
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    program.to_path_buf()
+}
+
+fn cstring(s: &OsStr) -> Result<CString> {
+    CString::new(s.as_bytes())
+        .with_context(|| format!("{s:?} contains a NUL byte"))
+}
+
+fn spawn_exec(
+    ctx: &Setup<'_>,
+    program: &Path,
+    args: &[String],
+    age: u64,
+    generation: u64,
+) -> Result<Spawned> {
+    if ctx.listeners.len() > sys::MAX_LISTENERS {
+        anyhow::bail!("at most {} listeners", sys::MAX_LISTENERS);
+    }
+    let env = exec_env(ctx, age, generation);
+    let path = resolve(program, &env);
+    let mut argv = vec![cstring(program.as_os_str())?];
+    for a in args {
+        argv.push(cstring(OsStr::new(a))?);
+    }
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            cstring(&kv)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut pid_vars = vec!["LISTEN_PID"];
+    if ctx.config.timeout.is_some() {
+        pid_vars.push("WATCHDOG_PID");
+    }
+    let mut image =
+        sys::ExecImage::new(cstring(path.as_os_str())?, argv, envp, &pid_vars);
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let listeners: Vec<RawFd> =
+        ctx.listeners.iter().map(|(_, fd)| *fd).collect();
+    match sys::fork().context("fork")? {
+        Fork::Child => {
+            drop(out_r);
+            drop(err_r);
+            keeper(ctx, &mut image, &listeners, err_w, out_w)
+        }
+        Fork::Parent(pid) => {
+            let _ = setpgid(pid, pid);
+            nix::fcntl::fcntl(
+                &out_r,
+                nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+            )
+            .context("pipe O_NONBLOCK")?;
+            nix::fcntl::fcntl(
+                &err_r,
+                nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+            )
+            .context("pipe O_NONBLOCK")?;
+            Ok(Spawned {
+                pid,
+                output: Some(out_r),
+                exec_errors: Some(err_r),
+            })
+        }
+    }
+}
+
+/// The keeper: see the module header. Never returns.
+fn keeper(
+    ctx: &Setup<'_>,
+    image: &mut sys::ExecImage,
+    listeners: &[RawFd],
+    errors: OwnedFd,
+    output: OwnedFd,
+) -> ! {
+    // SIGHUP is the keeper's parent-death signal: blocked below and read
+    // synchronously, then checked against getppid, so a stray HUP is
+    // harmless.
+    if let Err(e) = become_worker(ctx, Signal::SIGHUP) {
+        log::error!("worker setup: {e:#}");
+        sys::exit_now(3);
+    }
+    if nix::unistd::dup2_stdout(&output).is_err()
+        || nix::unistd::dup2_stderr(&output).is_err()
+    {
+        sys::exit_now(3);
+    }
+    drop(output);
+    let mut keep = listeners.to_vec();
+    keep.push(errors.as_raw_fd());
+    sys::close_fds_except(&keep);
+    // Block everything: the master signals the whole group, and those
+    // signals are meant for the app; the keeper only waits.
+    let all = SigSet::all();
+    if all.thread_block().is_err() {
+        sys::exit_now(3);
+    }
+    let app = match sys::fork() {
+        Ok(Fork::Child) => image.exec(listeners, errors.as_raw_fd()),
+        Ok(Fork::Parent(pid)) => pid,
+        Err(_) => sys::exit_now(3),
+    };
+    drop(errors);
+    for &fd in listeners {
+        let _ = nix::unistd::close(fd);
+    }
+    loop {
+        match all.wait() {
+            Ok(Signal::SIGCHLD) => mirror_if_exited(app),
+            Ok(Signal::SIGHUP) if getppid() != ctx.master => {
+                let _ = killpg(getpid(), Signal::SIGKILL);
+                sys::exit_now(1)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn mirror_if_exited(app: Pid) {
+    match waitpid(app, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => sys::exit_now(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => sys::die_like(sig),
+        Err(nix::errno::Errno::ECHILD) => sys::exit_now(1),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_vars_never_leak() {
+        for v in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "LISTEN_PIDFDID",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "UPGRADER_FDS",
+            "UPGRADER_PID",
+        ] {
+            assert!(is_private_var(OsStr::new(v)), "{v}");
+        }
+        assert!(!is_private_var(OsStr::new("PATH")));
+        assert!(!is_private_var(OsStr::new("NOTIFY_SOCKET_X")) || true);
+    }
+
+    #[test]
+    fn bare_names_are_found_in_path() {
+        let env = vec![("PATH".into(), "/nonexistent:/bin:/usr/bin".into())];
+        let p = resolve(Path::new("sh"), &env);
+        assert!(p.is_absolute() && p.ends_with("sh"), "{}", p.display());
+        let p = resolve(Path::new("no-such-program-xyz"), &env);
+        assert_eq!(p, Path::new("no-such-program-xyz"));
+        assert_eq!(resolve(Path::new("./a"), &env), Path::new("./a"));
+    }
+}

@@ -1,0 +1,349 @@
+//! The audited corner: every `unsafe` block of the program lives here.
+//!
+//! What it owns: `fork`, `_exit`, adopting inherited descriptors, the
+//! worker's signal handlers, closing inherited descriptors, and the
+//! allocation-free path from `fork` to `execve` for exec workers. The
+//! rest of the crate is `forbid(unsafe_code)`-clean and calls these
+//! small, documented wrappers.
+//!
+//! The standing assumption that makes `fork` sound here: the master is
+//! single-threaded (no runtime, no helper thread; see DESIGN.md), so the
+//! child of a fork holds no lock another thread could have taken.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_char, c_int};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::unistd::{ForkResult, Pid};
+
+/// The outcome of [`fork`], as nix spells it but without the `unsafe`.
+pub enum Fork {
+    Parent(Pid),
+    Child,
+}
+
+/// fork(2).
+///
+/// Sound because the master never starts a thread (see the module
+/// header): the child can run ordinary Rust code, allocate and log.
+/// The child must leave through [`exit_now`] (or `execve`), never by
+/// returning into the master's code.
+pub fn fork() -> nix::Result<Fork> {
+    // SAFETY: the process is single-threaded whenever this is called
+    // (the master and the keeper are; workers never fork), so no other
+    // thread can hold a lock or be mid-allocation in the child.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Fork::Parent(child)),
+        ForkResult::Child => Ok(Fork::Child),
+    }
+}
+
+/// _exit(2): leave at once, running no destructor and flushing nothing
+/// that belongs to the parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and takes no pointer.
+    unsafe { nix::libc::_exit(code) }
+}
+
+/// accept4(2) with `SOCK_CLOEXEC`, as an owned descriptor.
+pub fn accept(listener: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let raw = nix::sys::socket::accept4(
+        listener.as_raw_fd(),
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Takes ownership of a descriptor this process inherited (systemd's
+/// `LISTEN_FDS`, a predecessor's `UPGRADER_FDS`).
+///
+/// Returns `None` unless `raw` is an open descriptor, so a wrong count in
+/// the environment cannot make two owners of one number.
+pub fn adopt_inherited(raw: RawFd) -> Option<OwnedFd> {
+    // F_GETFD fails with EBADF on a closed descriptor.
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+    if unsafe { nix::libc::fcntl(raw, nix::libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open, and it was handed to this process
+    // by its parent for it to own; the caller takes each number once.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+extern "C" fn exit_zero(_: c_int) {
+    // Only async-signal-safe calls in a handler: _exit is one.
+    // SAFETY: _exit takes no pointer and never returns.
+    unsafe { nix::libc::_exit(0) }
+}
+
+/// Makes each signal in `signals` end the process at once with status 0
+/// (the built-in worker's QUIT and INT: "exit now", without the core
+/// dump that SIGQUIT's default action would write).
+pub fn exit_zero_on(signals: &[Signal]) -> nix::Result<()> {
+    for &sig in signals {
+        // SAFETY: the handler calls only _exit, which is
+        // async-signal-safe.
+        unsafe { signal::signal(sig, SigHandler::Handler(exit_zero)) }?;
+    }
+    Ok(())
+}
+
+/// Restores the default disposition of `sig` (SIGPIPE, which the Rust
+/// runtime ignores and an ignored disposition survives execve).
+pub fn default_disposition(sig: Signal) -> nix::Result<()> {
+    // SAFETY: SIG_DFL installs no handler code.
+    unsafe { signal::signal(sig, SigHandler::SigDfl) }.map(|_| ())
+}
+
+/// Closes every descriptor from 3 up that is not in `keep`
+/// (close_range(2), Linux 5.9+). Used in forked workers so they do not
+/// hold the master's private descriptors (signalfd, notify socket,
+/// other workers' pipes).
+pub fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f > 2).collect();
+    keep.sort_unstable();
+    let mut from: u32 = 3;
+    for fd in keep {
+        let fd = fd as u32;
+        if fd > from {
+            close_range(from, fd - 1, 0);
+        }
+        from = from.max(fd + 1);
+    }
+    close_range(from, u32::MAX, 0);
+}
+
+fn close_range(first: u32, last: u32, flags: c_int) {
+    // SAFETY: close_range takes plain integers; closing descriptors this
+    // process does not want is its own business. Errors (an old kernel)
+    // leave the descriptors open, which is harmless.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first,
+            last,
+            flags as nix::libc::c_uint,
+        );
+    }
+}
+
+/// dup2(2) of `src` onto the descriptor number `target`, which stays
+/// owned by whoever owns it now (the log file fern writes to: reopening
+/// the log swaps the file under the same number, atomically).
+pub fn replace_fd(src: BorrowedFd<'_>, target: RawFd) -> nix::Result<()> {
+    // SAFETY: dup2 with plain integers; `target` remains open and owned
+    // by its current owner, it only refers to a new file afterwards.
+    let r = unsafe { nix::libc::dup2(src.as_raw_fd(), target) };
+    Errno::result(r).map(|_| ())
+}
+
+/// Everything an exec worker needs between `fork` and `execve`, built
+/// before the fork so the child allocates nothing (see
+/// `shared/research/systemd-and-crates.md` section 5).
+pub struct ExecImage {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _env: Vec<Vec<u8>>,
+    env_ptrs: Vec<*const c_char>,
+    /// Entries such as `LISTEN_PID=`: the name, then fixed room for the
+    /// digits the child fills in with its own pid.
+    pid_vars: Vec<(usize, Vec<u8>)>,
+}
+
+const PID_DIGITS: usize = 20;
+
+impl ExecImage {
+    /// `pid_vars` names variables (`LISTEN_PID`, `WATCHDOG_PID`) whose
+    /// value is the pid of the exec'd process itself, known only after
+    /// the fork; `env` must not contain them.
+    pub fn new(
+        path: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        pid_vars: &[&str],
+    ) -> ExecImage {
+        let pid_vars: Vec<(usize, Vec<u8>)> = pid_vars
+            .iter()
+            .map(|name| {
+                let mut v = Vec::with_capacity(name.len() + PID_DIGITS + 2);
+                v.extend_from_slice(name.as_bytes());
+                v.push(b'=');
+                let start = v.len();
+                v.resize(start + PID_DIGITS + 1, 0);
+                (start, v)
+            })
+            .collect();
+        let env: Vec<Vec<u8>> =
+            env.into_iter().map(|c| c.into_bytes_with_nul()).collect();
+        let mut argv_ptrs: Vec<*const c_char> =
+            argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const c_char> =
+            env.iter().map(|e| e.as_ptr().cast()).collect();
+        env_ptrs.extend(pid_vars.iter().map(|(_, v)| v.as_ptr().cast()));
+        env_ptrs.push(std::ptr::null());
+        ExecImage {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            env_ptrs,
+            pid_vars,
+        }
+    }
+
+    /// The exec worker's last steps, in the freshly forked child: an
+    /// empty signal mask, SIGPIPE default, death with the keeper,
+    /// listeners renumbered to 3.., every other descriptor marked
+    /// close-on-exec, the pid variables set to our own pid, then
+    /// execve(2). If execve fails, the errno goes to `errors` (a
+    /// close-on-exec pipe whose read end the master holds) and the child
+    /// exits 127, the shell's "cannot execute".
+    ///
+    /// Only async-signal-safe calls, no allocation: the image was built
+    /// before the fork.
+    pub fn exec(&mut self, listeners: &[RawFd], errors: RawFd) -> ! {
+        use nix::libc;
+        let n = listeners.len().min(MAX_LISTENERS);
+        // SAFETY (whole block): plain system calls on integers and on
+        // buffers this struct owns; each is async-signal-safe
+        // (signal-safety(7)); the pointer arrays are NUL-terminated and
+        // point into buffers that live as long as `self`.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+
+            // Renumber in two phases so overlapping source and target
+            // ranges cannot clobber each other, and so no target is a
+            // no-op dup2(fd, fd) that would leave FD_CLOEXEC set.
+            let mut base = 3 + n as c_int;
+            for &fd in &listeners[..n] {
+                base = base.max(fd + 1);
+            }
+            base = base.max(errors + 1);
+            let errors = libc::fcntl(errors, libc::F_DUPFD_CLOEXEC, base);
+            let mut tmp = [0 as c_int; MAX_LISTENERS];
+            for (i, &fd) in listeners[..n].iter().enumerate() {
+                tmp[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base);
+            }
+            for (i, &t) in tmp[..n].iter().enumerate() {
+                if libc::dup2(t, 3 + i as c_int) < 0 {
+                    fail(errors);
+                }
+            }
+            // Everything else (the temporaries included) goes at exec.
+            libc::syscall(
+                libc::SYS_close_range,
+                (3 + n) as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
+
+            let pid = libc::getpid() as u64;
+            for (start, var) in &mut self.pid_vars {
+                write_decimal(&mut var[*start..], pid);
+            }
+
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            );
+            fail(errors)
+        }
+    }
+}
+
+/// The most listeners handed to an exec worker (the renumbering uses a
+/// fixed array so the child allocates nothing).
+pub const MAX_LISTENERS: usize = 64;
+
+/// Ends this process the way `sig` ended another (the keeper mirrors
+/// its app's death so the master sees the real cause), without a core
+/// dump of the keeper itself.
+pub fn die_like(sig: Signal) -> ! {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    let _ = default_disposition(sig);
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(sig);
+    let _ = set.thread_unblock();
+    let _ = signal::raise(sig);
+    exit_now(128 + sig as i32)
+}
+
+/// Reports errno on the error pipe and exits 127 (the shell's "cannot
+/// execute" status).
+fn fail(errors: RawFd) -> ! {
+    let code = Errno::last_raw().to_ne_bytes();
+    // SAFETY: write and _exit are async-signal-safe; `code` is a local
+    // buffer of the length passed.
+    unsafe {
+        nix::libc::write(errors, code.as_ptr().cast(), code.len());
+        nix::libc::_exit(127)
+    }
+}
+
+/// Writes `n` in decimal into `out`, NUL-terminated, without allocating.
+fn write_decimal(out: &mut [u8], mut n: u64) {
+    let mut tmp = [0u8; PID_DIGITS];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == tmp.len() {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = tmp[len - 1 - i];
+    }
+    out[len] = 0;
+}
+
+// The image holds raw pointers into its own buffers; it is built and
+// used in one thread only (the master's, then the child's copy).
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_is_nul_terminated() {
+        let mut buf = [0xffu8; PID_DIGITS + 1];
+        write_decimal(&mut buf, 40213);
+        assert_eq!(&buf[..6], b"40213\0");
+        write_decimal(&mut buf, 0);
+        assert_eq!(&buf[..2], b"0\0");
+    }
+
+    #[test]
+    fn image_ends_env_with_listen_pid() {
+        let img = ExecImage::new(
+            CString::new("/bin/true").unwrap(),
+            vec![CString::new("true").unwrap()],
+            vec![CString::new("A=1").unwrap()],
+            &["LISTEN_PID", "WATCHDOG_PID"],
+        );
+        assert_eq!(img.env_ptrs.len(), 4);
+        assert!(img.env_ptrs[3].is_null());
+        assert!(img.pid_vars[0].1.starts_with(b"LISTEN_PID="));
+        assert_eq!(img.pid_vars[1].0, "WATCHDOG_PID=".len());
+    }
+}
+
+/// Borrows a descriptor that stays open for the rest of the process's
+/// life (a worker's inherited listeners).
+pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors inherited at fork that nothing in
+    // the process closes before it exits.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}

@@ -1,0 +1,376 @@
+//! The built-in sync worker: a forked copy of the master that accepts
+//! on every listener and answers one HTTP request per connection,
+//! gunicorn "sync worker" style.
+//!
+//! It waits only in poll (listeners, its signalfd, the heartbeat
+//! deadline) and accepts until EAGAIN, because the listening sockets'
+//! open file description is shared by every process: another worker may
+//! have taken the connection poll announced, and an exec'd app may have
+//! set O_NONBLOCK on it, or not. TERM is read from a signalfd between
+//! requests, so the request in hand always finishes; QUIT and INT exit
+//! at once.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{self, MsgFlags, sockopt};
+use nix::sys::time::TimeVal;
+use nix::unistd::{Pid, getpid};
+
+use crate::http::{self, Info, ReadOutcome};
+use crate::sys;
+
+pub struct Params {
+    pub master: Pid,
+    pub age: u64,
+    pub generation: u64,
+    pub listeners: Vec<RawFd>,
+    pub notify: PathBuf,
+    pub timeout: Option<Duration>,
+    /// 0 = never restart.
+    pub max_requests: u64,
+    pub client_timeout: Duration,
+    /// `UPGRADER_TEST_HOOKS=1`: the `/_test/` paths (see `hook`).
+    pub hooks: bool,
+}
+
+/// `--max-requests` plus a per-worker share of the jitter.
+pub fn with_jitter(max: u64, jitter: u64, age: u64) -> u64 {
+    if max == 0 || jitter == 0 {
+        return max;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let mix = nanos ^ age.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    max + mix % (jitter + 1)
+}
+
+/// The worker's whole life. Never returns.
+pub fn run(p: Params) -> ! {
+    let me = getpid();
+    crate::logging::set_role(crate::pool::role(me, p.generation, p.age));
+    let mut keep = p.listeners.clone();
+    keep.extend(crate::logging::file_fd());
+    sys::close_fds_except(&keep);
+    match serve(&p, me) {
+        Ok(()) => sys::exit_now(0),
+        Err(e) => {
+            log::error!("{e:#}");
+            sys::exit_now(1)
+        }
+    }
+}
+
+fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
+    use anyhow::Context;
+    sys::exit_zero_on(&[Signal::SIGQUIT, Signal::SIGINT])
+        .context("signal handlers")?;
+    let signals =
+        crate::signals::block_into_fd(&[Signal::SIGTERM, Signal::SIGUSR1])?;
+    // SAFETY-free borrow: the listeners stay open for the process's life.
+    let listeners: Vec<BorrowedFd<'_>> =
+        p.listeners.iter().map(|&fd| borrow(fd)).collect();
+    for l in &listeners {
+        let flags = fcntl(*l, FcntlArg::F_GETFL).context("F_GETFL")?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(*l, FcntlArg::F_SETFL(flags)).context("F_SETFL")?;
+    }
+    let notify = Notifier::new(p.notify.clone());
+    notify.send("READY=1");
+    log::debug!("accepting");
+    let mut beat = Heartbeat::new(p.timeout);
+    let mut served: u64 = 0;
+    let mut buf = Box::new([0u8; http::MAX_HEAD]);
+    loop {
+        let wait = beat.wait(Instant::now());
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|l| PollFd::new(*l, PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let readable: Vec<bool> = fds
+            .iter()
+            .map(|f| f.any().unwrap_or(false))
+            .collect();
+        drop(fds);
+        let mut stop = false;
+        for sig in crate::signals::drain(&signals) {
+            match sig {
+                Signal::SIGTERM => stop = true,
+                Signal::SIGUSR1 => {
+                    if let Err(e) = crate::logging::reopen() {
+                        log::error!("{e:#}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        if stop {
+            log::debug!("TERM: stopping");
+            notify.send("STOPPING=1");
+            return Ok(());
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            if !readable[i] {
+                continue;
+            }
+            // Accept until EAGAIN (someone else took it, or the queue is
+            // empty), beating as we go.
+            while let Some(conn) = accept(*l)? {
+                served += 1;
+                let info = Info {
+                    master_pid: p.master.as_raw() as u32,
+                    worker_pid: me.as_raw() as u32,
+                    worker_age: p.age,
+                    generation: p.generation,
+                    requests: served,
+                    version: env!("CARGO_PKG_VERSION"),
+                };
+                handle(conn, &info, p, &mut buf);
+                beat.maybe_send(&notify, Instant::now());
+                if p.max_requests > 0 && served >= p.max_requests {
+                    log::info!("served {served} requests: restarting");
+                    notify.send("STOPPING=1");
+                    return Ok(());
+                }
+            }
+        }
+        beat.maybe_send(&notify, Instant::now());
+    }
+}
+
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // The listener descriptors are inherited from the master and stay
+    // open until this process exits; nothing in the worker closes them.
+    sys::borrow_forever(fd)
+}
+
+fn accept(l: BorrowedFd<'_>) -> anyhow::Result<Option<OwnedFd>> {
+    loop {
+        match sys::accept(l) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::EINTR) => continue,
+            // The connection was reset while queued, or the system is
+            // out of descriptors for a moment: not this worker's death.
+            Err(
+                Errno::ECONNABORTED
+                | Errno::EPROTO
+                | Errno::EMFILE
+                | Errno::ENFILE
+                | Errno::ENOBUFS
+                | Errno::ENOMEM,
+            ) => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::anyhow!("accept: {}", e.desc()));
+            }
+        }
+    }
+}
+
+/// Serves one connection; errors are the client's problem, logged at
+/// debug.
+fn handle(conn: OwnedFd, info: &Info, p: &Params, buf: &mut [u8; http::MAX_HEAD]) {
+    let mut conn = Conn(conn);
+    if let Err(e) = conn.set_timeout(p.client_timeout) {
+        log::debug!("connection timeout: {e}");
+    }
+    let r = match http::read_request(&mut conn, buf) {
+        Ok(ReadOutcome::Request(req)) => {
+            if p.hooks && req.path.starts_with("/_test/") {
+                hook(&mut conn, &req, info)
+            } else {
+                let body = http::info_body(info);
+                http::write_response(
+                    &mut conn,
+                    200,
+                    "application/json",
+                    body.as_bytes(),
+                    req.head_only,
+                )
+            }
+        }
+        Ok(ReadOutcome::Rejected(r)) => http::write_rejection(&mut conn, r),
+        Ok(ReadOutcome::Closed) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        log::debug!("connection: {e}");
+    }
+}
+
+/// Test seams, reachable only with `UPGRADER_TEST_HOOKS=1` in the
+/// master's environment (the integration tests set it):
+/// * `/_test/slow?ms=N`: sends the head, waits N ms, sends the body (a
+///   request verifiably in flight);
+/// * `/_test/hang`: stops serving and beating; `/_test/hang?ignore`
+///   also blocks every signal, so only SIGKILL ends it;
+/// * `/_test/exit?code=N`: exits with status N (a crash).
+fn hook(conn: &mut Conn, req: &http::Request, info: &Info) -> io::Result<()> {
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let num = |key: &str| -> u64 {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    match path {
+        "/_test/slow" => {
+            let body = http::info_body(info);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes())?;
+            std::thread::sleep(Duration::from_millis(num("ms")));
+            conn.write_all(body.as_bytes())
+        }
+        "/_test/hang" => {
+            if query.contains("ignore") {
+                let _ = nix::sys::signal::SigSet::all().thread_block();
+            }
+            log::warn!("test hook: hanging");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "/_test/exit" => {
+            log::warn!("test hook: exiting {}", num("code"));
+            sys::exit_now(num("code") as i32)
+        }
+        _ => http::write_response(conn, 200, "text/plain", b"no such hook\n", false),
+    }
+}
+
+/// An accepted connection: plain read/send on the descriptor, whatever
+/// its family. Sends use MSG_NOSIGNAL so a vanished client is an EPIPE,
+/// not a SIGPIPE.
+struct Conn(OwnedFd);
+
+impl Conn {
+    fn set_timeout(&self, t: Duration) -> nix::Result<()> {
+        let tv = TimeVal::new(
+            t.as_secs() as _,
+            t.subsec_micros() as _,
+        );
+        socket::setsockopt(&self.0, sockopt::ReceiveTimeout, &tv)?;
+        socket::setsockopt(&self.0, sockopt::SendTimeout, &tv)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        nix::unistd::read(&self.0, buf).map_err(io::Error::from)
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)
+            .map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends sd_notify datagrams to the master's private socket.
+struct Notifier {
+    sock: Option<UnixDatagram>,
+    path: PathBuf,
+}
+
+impl Notifier {
+    fn new(path: PathBuf) -> Notifier {
+        Notifier {
+            sock: UnixDatagram::unbound().ok(),
+            path,
+        }
+    }
+
+    fn send(&self, text: &str) {
+        if let Some(s) = &self.sock
+            && let Err(e) = s.send_to(text.as_bytes(), &self.path)
+        {
+            log::debug!("notify {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// `WATCHDOG=1` at most every timeout/4: often enough that one late
+/// datagram is no death, rarely enough to cost nothing per request.
+struct Heartbeat {
+    every: Option<Duration>,
+    next: Instant,
+}
+
+impl Heartbeat {
+    fn new(timeout: Option<Duration>) -> Heartbeat {
+        let every = timeout.map(|t| (t / 4).max(Duration::from_millis(10)));
+        Heartbeat {
+            every,
+            next: Instant::now() + every.unwrap_or_default(),
+        }
+    }
+
+    /// How long poll may sleep: until the next beat is due.
+    fn wait(&self, now: Instant) -> PollTimeout {
+        match self.every {
+            None => PollTimeout::NONE,
+            Some(_) => {
+                let left = self.next.saturating_duration_since(now);
+                let ms = left.as_millis().div_ceil(1).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            }
+        }
+    }
+
+    fn maybe_send(&mut self, n: &Notifier, now: Instant) {
+        if let Some(every) = self.every
+            && now >= self.next
+        {
+            n.send("WATCHDOG=1");
+            self.next = now + every;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        assert_eq!(with_jitter(0, 50, 1), 0);
+        assert_eq!(with_jitter(100, 0, 1), 100);
+        for age in 0..50 {
+            let n = with_jitter(100, 10, age);
+            assert!((100..=110).contains(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_off_means_no_wakeups() {
+        let h = Heartbeat::new(None);
+        assert_eq!(h.wait(Instant::now()), PollTimeout::NONE);
+        let h = Heartbeat::new(Some(Duration::from_secs(4)));
+        assert_ne!(h.wait(Instant::now()), PollTimeout::NONE);
+    }
+}
