@@ -244,7 +244,9 @@ impl Secs {
 }
 
 impl<'de> Deserialize<'de> for Secs {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -274,7 +276,11 @@ impl FromStr for SignalName {
                 .map(SignalName)
                 .map_err(|_| format!("{s}: no such signal number"));
         }
-        let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+        let full = if up.starts_with("SIG") {
+            up
+        } else {
+            format!("SIG{up}")
+        };
         Signal::from_str(&full)
             .map(SignalName)
             .map_err(|_| format!("{s}: unknown signal name"))
@@ -363,21 +369,24 @@ mod tests {
              graceful-timeout = 1.5\nauto-retire = true\n",
         )
         .unwrap();
-        let cli =
-            Options::try_parse_from(["upgrader", "-w", "2"]).unwrap();
+        let cli = Options::try_parse_from(["upgrader", "-w", "2"]).unwrap();
         let o = cli.over(file);
         assert_eq!(o.workers, Some(2));
         assert_eq!(o.timeout, Some(Secs(Duration::from_secs(5))));
-        assert_eq!(o.graceful_timeout, Some(Secs(Duration::from_millis(1500))));
+        assert_eq!(
+            o.graceful_timeout,
+            Some(Secs(Duration::from_millis(1500)))
+        );
         assert_eq!(o.bind.len(), 1);
         assert_eq!(o.auto_retire, Some(OnOff(true)));
     }
 
     #[test]
     fn file_errors_name_line_and_reason() {
-        let e = toml::from_str::<Options>("workers = 2\nbind = [\"x:99999\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            toml::from_str::<Options>("workers = 2\nbind = [\"x:99999\"]\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("line 2") && e.contains("99999"), "{e}");
         let e = toml::from_str::<Options>("wrokers = 2\n").unwrap_err();
         assert!(e.to_string().contains("wrokers"), "{e}");

@@ -96,7 +96,8 @@ impl Config {
         if workers == 0 {
             bail!("--workers 0: at least one worker is needed");
         }
-        let ready = o.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1)));
+        let ready =
+            o.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1)));
         let timeout = heartbeat(&kind, ready, o.timeout.map(|s| s.0));
         let backlog = o.backlog.unwrap_or(2048);
         if backlog < 1 {
@@ -115,8 +116,18 @@ impl Config {
             Some(s) => Some(parse_umask(s)?),
             None => None,
         };
+        let binds = o
+            .bind
+            .into_iter()
+            .map(|mut b| {
+                if let crate::listeners::Addr::Unix(p) = &b.addr {
+                    b.addr = crate::listeners::Addr::Unix(absolute(p.clone()));
+                }
+                b
+            })
+            .collect();
         Ok(Config {
-            binds: o.bind,
+            binds,
             bind_options: BindOptions {
                 backlog,
                 reuse_port: o.reuse_port,
@@ -134,7 +145,10 @@ impl Config {
             graceful_timeout: secs(o.graceful_timeout, 30.0),
             ready,
             boot_timeout: secs(o.boot_timeout, 30.0),
-            auto_retire: o.auto_retire.map(|a| a.0).unwrap_or(ctx.under_systemd),
+            auto_retire: o
+                .auto_retire
+                .map(|a| a.0)
+                .unwrap_or(ctx.under_systemd),
             max_requests: o.max_requests.unwrap_or(0),
             max_requests_jitter: o.max_requests_jitter.unwrap_or(0),
             client_timeout: secs(o.client_timeout, 10.0),
@@ -196,7 +210,10 @@ fn parse_umask(s: &str) -> Result<Mode> {
     }
 }
 
-fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Credentials> {
+fn credentials(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Credentials> {
     let mut c = Credentials {
         uid: None,
         gid: None,
@@ -279,7 +296,12 @@ mod tests {
     #[test]
     fn auto_retire_defaults_on_under_systemd() {
         let o = Options::try_parse_from(["upgrader"]).unwrap();
-        let c = Config::from_options(o, Facts { under_systemd: true });
+        let c = Config::from_options(
+            o,
+            Facts {
+                under_systemd: true,
+            },
+        );
         assert!(c.unwrap().auto_retire);
     }
 

@@ -8,14 +8,9 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use nix::unistd::Pid;
 
 use crate::listeners::{self, Listener};
 
-pub const UPGRADER_FDS: &str = "UPGRADER_FDS";
-pub const UPGRADER_FDNAMES: &str = "UPGRADER_FDNAMES";
-pub const UPGRADER_PID: &str = "UPGRADER_PID";
-pub const UPGRADER_READY_FD: &str = "UPGRADER_READY_FD";
 /// Enables the built-in worker's `/_test/` paths (integration tests).
 pub const UPGRADER_TEST_HOOKS: &str = "UPGRADER_TEST_HOOKS";
 
@@ -92,13 +87,4 @@ impl Environment {
         }
         Ok(out)
     }
-}
-
-/// The pid this master's predecessor, if any (`UPGRADER_PID`).
-pub fn predecessor(env: &Environment) -> Option<Pid> {
-    env.vars
-        .iter()
-        .find(|(k, _)| k == UPGRADER_PID)
-        .and_then(|(_, v)| v.to_str()?.parse().ok())
-        .map(Pid::from_raw)
 }

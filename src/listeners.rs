@@ -17,8 +17,8 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
-    SockaddrIn6, SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
 };
 
 /// The listener name systemd gives an unnamed descriptor.
@@ -58,7 +58,8 @@ impl BindSpec {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 impl FromStr for BindSpec {
@@ -167,14 +168,9 @@ impl Listener {
         self.fd.as_raw_fd()
     }
 
-    pub fn borrow(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     /// Removes the socket file of a unix listener this master bound.
     pub fn unlink(&self) {
-        if let (Origin::Bound, Addr::Unix(path)) = (self.origin, &self.local)
-        {
+        if let (Origin::Bound, Addr::Unix(path)) = (self.origin, &self.local) {
             match std::fs::remove_file(path) {
                 Ok(()) => log::debug!("unlinked {}", path.display()),
                 Err(e) => log::warn!("unlink {}: {e}", path.display()),
@@ -220,13 +216,9 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
     };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(errno_text)?;
+    let fd =
+        socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(errno_text)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(errno_text)?;
     if opts.reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)
@@ -286,8 +278,8 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
 
 /// The address a socket is bound to.
 pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Addr> {
-    let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())
-        .context("getsockname")?;
+    let ss: SockaddrStorage =
+        socket::getsockname(fd.as_raw_fd()).context("getsockname")?;
     if let Some(a) = ss.as_sockaddr_in() {
         return Ok(Addr::Tcp(SocketAddr::V4((*a).into())));
     }
@@ -340,7 +332,11 @@ pub fn open_all(
         return Ok(inherited);
     }
     let default = [default_bind()];
-    let specs = if specs.is_empty() { &default[..] } else { specs };
+    let specs = if specs.is_empty() {
+        &default[..]
+    } else {
+        specs
+    };
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         let found = inherited.iter().position(|l| matches(spec, l));
@@ -348,9 +344,10 @@ pub fn open_all(
             Some(i) => inherited.remove(i),
             None => match &spec.addr {
                 Addr::Fd(n) => {
-                    let fd = crate::sys::adopt_inherited(*n).ok_or_else(
-                        || anyhow!("bind fd:{n}: descriptor is not open"),
-                    )?;
+                    let fd =
+                        crate::sys::adopt_inherited(*n).ok_or_else(|| {
+                            anyhow!("bind fd:{n}: descriptor is not open")
+                        })?;
                     let mut l = adopt(fd, spec.name())
                         .with_context(|| format!("bind fd:{n}"))?;
                     // fd:N was ours to take but not ours to unlink.
@@ -406,15 +403,24 @@ mod tests {
             spec("127.0.0.1:80").addr,
             Addr::Tcp("127.0.0.1:80".parse().unwrap())
         );
-        assert_eq!(spec("[::1]:8000").addr, Addr::Tcp("[::1]:8000".parse().unwrap()));
-        assert_eq!(spec("unix:/run/a.sock").addr, Addr::Unix("/run/a.sock".into()));
+        assert_eq!(
+            spec("[::1]:8000").addr,
+            Addr::Tcp("[::1]:8000".parse().unwrap())
+        );
+        assert_eq!(
+            spec("unix:/run/a.sock").addr,
+            Addr::Unix("/run/a.sock".into())
+        );
         assert_eq!(spec("fd:3").addr, Addr::Fd(3));
         assert_eq!(spec("systemd:http").addr, Addr::Systemd("http".into()));
         let named = spec("admin=127.0.0.1:9000");
         assert_eq!(named.name(), "admin");
         assert_eq!(spec("127.0.0.1:80").name(), "unknown");
         assert_eq!(spec("systemd:web").name(), "web");
-        assert_eq!(spec("localhost:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(
+            spec("localhost:80").addr,
+            Addr::Tcp("127.0.0.1:80".parse().unwrap())
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub struct Exit {
 enum Phase {
     Running,
     /// Stopping; exits with `exit` once every worker is reaped.
-    Stopping { graceful: bool, exit: Exit },
+    Stopping {
+        graceful: bool,
+        exit: Exit,
+    },
 }
 
 /// What a poll round found readable.
@@ -165,15 +168,16 @@ impl Master {
             None => PollTimeout::NONE,
             Some(d) => {
                 // Round up: waking a millisecond early would spin.
-                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                let ms = d
+                    .saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000);
                 PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut srcs: Vec<(BorrowedFd<'_>, Option<Pid>)> = vec![
-            (self.signals.as_fd(), None),
-            (self.notify.fd(), None),
-        ];
+        let mut srcs: Vec<(BorrowedFd<'_>, Option<Pid>)> =
+            vec![(self.signals.as_fd(), None), (self.notify.fd(), None)];
         for w in &self.workers {
             if let Some(o) = &w.output {
                 srcs.push((o.as_fd(), Some(w.pid)));
@@ -234,7 +238,10 @@ impl Master {
 
     /// TERM: graceful stop; INT/QUIT: fast stop (SPEC 6).
     fn handle_stop(&mut self, graceful: bool) {
-        if let Phase::Stopping { graceful: false, .. } = self.phase {
+        if let Phase::Stopping {
+            graceful: false, ..
+        } = self.phase
+        {
             return; // already as fast as it gets
         }
         if let Phase::Stopping { graceful: true, .. } = self.phase
@@ -248,7 +255,13 @@ impl Master {
             self.workers.len()
         );
         self.systemd.notify("STOPPING=1\nSTATUS=stopping");
-        self.stop_all(graceful, Exit { code: 0, reason: None });
+        self.stop_all(
+            graceful,
+            Exit {
+                code: 0,
+                reason: None,
+            },
+        );
     }
 
     fn stop_all(&mut self, graceful: bool, exit: Exit) {
@@ -261,8 +274,10 @@ impl Master {
         for w in &mut self.workers {
             let stronger = matches!(
                 w.state,
-                State::Stopping { why: Stop::Quit | Stop::BootTimeout, .. }
-                    | State::Stopping { kill_at: None, .. }
+                State::Stopping {
+                    why: Stop::Quit | Stop::BootTimeout,
+                    ..
+                } | State::Stopping { kill_at: None, .. }
             );
             if stronger && graceful {
                 continue;
@@ -342,8 +357,8 @@ impl Master {
     }
 
     fn on_notify(&mut self, i: usize, key: &str, value: &str, now: Instant) {
-        let notify_mode = !self.cfg.is_exec()
-            || self.cfg.ready == ReadyMode::Notify;
+        let notify_mode =
+            !self.cfg.is_exec() || self.cfg.ready == ReadyMode::Notify;
         let timeout = self.cfg.timeout;
         let w = &mut self.workers[i];
         match (key, value) {
@@ -357,7 +372,11 @@ impl Master {
                 }
             }
             ("WATCHDOG", "1") => {
-                if let State::Ready { since, beat_by: Some(_) } = w.state {
+                if let State::Ready {
+                    since,
+                    beat_by: Some(_),
+                } = w.state
+                {
                     w.state = State::Ready {
                         since,
                         beat_by: timeout.map(|t| now + t),
@@ -365,14 +384,12 @@ impl Master {
                 }
             }
             ("STATUS", s) => w.status = Some(s.to_string()),
-            ("STOPPING", "1") => {
-                if w.is_ready() {
-                    log::info!("{} is leaving", w.role());
-                    w.state = State::Stopping {
-                        why: Stop::Leaving,
-                        kill_at: Some(now + self.cfg.graceful_timeout),
-                    };
-                }
+            ("STOPPING", "1") if w.is_ready() => {
+                log::info!("{} is leaving", w.role());
+                w.state = State::Stopping {
+                    why: Stop::Leaving,
+                    kill_at: Some(now + self.cfg.graceful_timeout),
+                };
             }
             _ => {}
         }
@@ -474,7 +491,10 @@ impl Master {
 
     fn reaped(&mut self, pid: Pid, status: WaitStatus) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
-            log::debug!("reaped pid {pid} ({}): not a worker", describe(status));
+            log::debug!(
+                "reaped pid {pid} ({}): not a worker",
+                describe(status)
+            );
             return;
         };
         self.relay(pid, true);
@@ -483,22 +503,41 @@ impl Master {
         let what = describe(status);
         let exec_error = exec_error(&w, &self.cfg);
         match (w.state, exec_error) {
-            (_, Some(reason)) => self.boot_failed(&w, 3, reason),
-            (State::Stopping { why: Stop::BootTimeout, .. }, _) => {
+            (_, Some(reason)) => {
+                // The whole reason: "exec ./app: No such file or
+                // directory" says it all.
+                self.boot_failed(&w, 3, reason.clone(), reason)
+            }
+            (
+                State::Stopping {
+                    why: Stop::BootTimeout,
+                    ..
+                },
+                _,
+            ) => {
                 let reason = format!(
                     "{} was not ready within {:?} ({what})",
                     w.role(),
                     self.cfg.boot_timeout
                 );
-                self.boot_failed(&w, 3, with_tail(reason, &w));
+                let reason = with_tail(reason, &w);
+                let line = format!("workers failed to boot: {reason}");
+                self.boot_failed(&w, 3, reason, line);
             }
             (State::Booting { .. }, _) => {
                 let code = boot_code(status);
                 let reason =
                     format!("{} {what} before it was ready", w.role());
-                self.boot_failed(&w, code, with_tail(reason, &w));
+                let reason = with_tail(reason, &w);
+                let line = format!("workers failed to boot: {reason}");
+                self.boot_failed(&w, code, reason, line);
             }
-            (State::Stopping { why: Stop::Late, .. }, _) => {
+            (
+                State::Stopping {
+                    why: Stop::Late, ..
+                },
+                _,
+            ) => {
                 log::error!("{} {what} after its timeout", w.role());
                 self.failed(&w, now);
             }
@@ -532,7 +571,14 @@ impl Master {
     /// A worker that could not boot: before the first generation was
     /// ready this halts the master (exit 3, or 4 when the app said it
     /// cannot load); later it is a failure in the backoff streak.
-    fn boot_failed(&mut self, w: &Worker, code: u8, reason: String) {
+    /// `line` is the one-line reason the master exits with.
+    fn boot_failed(
+        &mut self,
+        w: &Worker,
+        code: u8,
+        reason: String,
+        line: String,
+    ) {
         log::error!("{reason}");
         if self.ever_ready {
             self.failed(w, Instant::now());
@@ -546,12 +592,10 @@ impl Master {
             }
             _ => {
                 log::error!("halting: workers failed to boot");
-                self.systemd.notify(&format!(
-                    "STATUS=halted: workers failed to boot\nERRNO=0"
-                ));
+                self.systemd.notify("STATUS=halted: workers failed to boot");
                 let exit = Exit {
                     code,
-                    reason: Some(format!("workers failed to boot: {reason}")),
+                    reason: Some(line),
                 };
                 self.stop_all(false, exit);
             }
@@ -561,7 +605,9 @@ impl Master {
     /// Counts a failed worker and sets the respawn backoff.
     fn failed(&mut self, w: &Worker, now: Instant) {
         let stable = match w.state {
-            State::Ready { since, .. } => now.duration_since(since) >= pool::STABLE,
+            State::Ready { since, .. } => {
+                now.duration_since(since) >= pool::STABLE
+            }
             _ => false,
         };
         self.failures = if stable { 1 } else { self.failures + 1 };
@@ -606,9 +652,9 @@ impl Master {
                 Some(Due::Late) => {
                     let sig = self.cfg.timeout_signal;
                     let late = match w.state {
-                        State::Ready { beat_by: Some(b), .. } => {
-                            now.saturating_duration_since(b)
-                        }
+                        State::Ready {
+                            beat_by: Some(b), ..
+                        } => now.saturating_duration_since(b),
                         _ => Duration::ZERO,
                     };
                     log::error!(
@@ -650,8 +696,12 @@ impl Master {
             return;
         }
         let may_spawn = self.respawn_at.is_none_or(|t| t <= now);
-        let plan =
-            pool::plan(&self.workers, self.desired, self.generation, may_spawn);
+        let plan = pool::plan(
+            &self.workers,
+            self.desired,
+            self.generation,
+            may_spawn,
+        );
         for pid in plan.retire {
             if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                 log::info!("retiring {}", w.role());
@@ -752,7 +802,10 @@ pub fn describe(status: WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, c) => format!("exited with status {c}"),
         WaitStatus::Signaled(_, s, core) => {
-            format!("killed by {s}{}", if core { " (core dumped)" } else { "" })
+            format!(
+                "killed by {s}{}",
+                if core { " (core dumped)" } else { "" }
+            )
         }
         other => format!("{other:?}"),
     }
@@ -783,7 +836,9 @@ fn exec_error(w: &Worker, cfg: &Config) -> Option<String> {
         Ok(4) => {
             let errno = Errno::from_raw(i32::from_ne_bytes(buf));
             let program = match &cfg.kind {
-                WorkerKind::Exec { program, .. } => program.display().to_string(),
+                WorkerKind::Exec { program, .. } => {
+                    program.display().to_string()
+                }
                 WorkerKind::BuiltIn => "worker".into(),
             };
             Some(format!("exec {program}: {}", errno.desc()))

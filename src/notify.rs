@@ -12,17 +12,15 @@
 //! (sd_notify(3)); a path starting with `@` is in the abstract namespace.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{
-    self, ControlMessage, ControlMessageOwned, MsgFlags, UnixCredentials,
-    sockopt,
+    self, ControlMessageOwned, MsgFlags, UnixCredentials, sockopt,
 };
 use nix::unistd::Pid;
 
@@ -75,8 +73,11 @@ impl Server {
         let path = dir.join("notify");
         let sock = UnixDatagram::bind(&path)
             .with_context(|| format!("notify socket {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-            .with_context(|| format!("chmod {}", path.display()))?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .with_context(|| format!("chmod {}", path.display()))?;
         if let Some(uid) = owner {
             let _ = nix::unistd::chown(&path, Some(uid), None);
         }
@@ -162,58 +163,16 @@ impl Systemd {
         Systemd { path }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.path.is_some()
-    }
-
     /// Sends `text`; failures are logged at debug, as systemd's own
     /// clients do: notification is best effort.
     pub fn notify(&self, text: &str) {
         if let Some(p) = &self.path {
             match send(p, text) {
-                Ok(()) => log::debug!("sd_notify: {}", text.replace('\n', " ")),
+                Ok(()) => {
+                    log::debug!("sd_notify: {}", text.replace('\n', " "))
+                }
                 Err(e) => log::debug!("sd_notify {p}: {e}"),
             }
-        }
-    }
-
-    /// `BARRIER=1`: waits until systemd has processed every message sent
-    /// before (it closes the pipe end we pass), at most `limit`.
-    pub fn barrier(&self, limit: Duration) -> Result<()> {
-        let Some(p) = &self.path else { return Ok(()) };
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .context("pipe")?;
-        let sock = UnixDatagram::unbound().context("socket")?;
-        sock.connect_addr(&address(p)?)
-            .with_context(|| format!("connect {p}"))?;
-        let fds = [w.as_raw_fd()];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let iov = [std::io::IoSlice::new(b"BARRIER=1")];
-        socket::sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::empty(),
-            None,
-        )
-        .context("sendmsg BARRIER=1")?;
-        drop(w);
-        wait_hangup(r, limit)
-    }
-}
-
-fn wait_hangup(r: OwnedFd, limit: Duration) -> Result<()> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(r.as_fd(), PollFlags::empty())];
-        match poll(&mut fds, ms) {
-            Ok(0) => anyhow::bail!("barrier: no answer in {limit:?}"),
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("poll barrier"),
         }
     }
 }
@@ -233,43 +192,5 @@ mod tests {
         assert_eq!(pairs, [("READY", "1"), ("STATUS", "hi there")]);
         s.remove();
         assert!(!s.dir.exists());
-    }
-
-    #[test]
-    fn barrier_returns_when_the_receiver_closes_the_fd() {
-        let s = Server::bind(None).unwrap();
-        let sd = Systemd::new(Some(s.path().to_str().unwrap().to_string()));
-        // The receiver drops the passed fd when drain() discards the
-        // control message, which is what systemd does after processing.
-        let h = std::thread::scope(|sc| {
-            let h = sc.spawn(|| sd.barrier(Duration::from_secs(5)));
-            // Poll the server until the barrier datagram is consumed.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                let mut buf = [0u8; 64];
-                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                if let Ok(m) = socket::recvmsg::<()>(
-                    s.sock.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    for c in m.cmsgs().unwrap() {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            for fd in fds {
-                                let _ = nix::unistd::close(
-                                    crate::sys::adopt_inherited(fd).unwrap(),
-                                );
-                            }
-                        }
-                    }
-                    break;
-                }
-            }
-            h.join().unwrap()
-        });
-        h.unwrap();
-        s.remove();
     }
 }

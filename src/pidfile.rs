@@ -54,16 +54,10 @@ pub fn write(path: &Path, pid: Pid) -> Result<()> {
     let tmp = sibling(path, &format!(".tmp.{pid}"));
     let mut f = std::fs::File::create(&tmp)
         .with_context(|| format!("pidfile {}", tmp.display()))?;
-    writeln!(f, "{pid}").with_context(|| format!("pidfile {}", tmp.display()))?;
+    writeln!(f, "{pid}")
+        .with_context(|| format!("pidfile {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("pidfile {}", path.display()))
-}
-
-/// Renames `from` to `to` (promotion: `<pidfile>.2` becomes the pidfile).
-pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).with_context(|| {
-        format!("pidfile {} -> {}", from.display(), to.display())
-    })
 }
 
 /// Removes `path` if it still names `pid`.

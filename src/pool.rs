@@ -25,10 +25,7 @@ pub enum State {
     },
     /// Asked to go (the signal is sent); SIGKILL at `kill_at` if still
     /// there (`None` once the SIGKILL is sent).
-    Stopping {
-        why: Stop,
-        kill_at: Option<Instant>,
-    },
+    Stopping { why: Stop, kill_at: Option<Instant> },
 }
 
 /// Why a worker is going away; decides how its exit is judged.

@@ -9,7 +9,6 @@
 //! The standing assumption that makes `fork` sound here: the master is
 //! single-threaded (no runtime, no helper thread; see DESIGN.md), so the
 //! child of a fork holds no lock another thread could have taken.
-#![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -98,12 +97,53 @@ pub fn default_disposition(sig: Signal) -> nix::Result<()> {
     unsafe { signal::signal(sig, SigHandler::SigDfl) }.map(|_| ())
 }
 
+/// Resets every catchable signal to its default disposition, the
+/// glibc-reserved real-time ones (32, 33) included, which the C library
+/// refuses to touch and which may arrive ignored from the environment
+/// (a Rust parent's `Command` leaves them so).
+/// Raw rt_sigaction(2): async-signal-safe, usable right after fork.
+pub fn reset_all_dispositions() {
+    use nix::libc;
+    // The kernel's struct sigaction (x86_64 and aarch64 layout); all
+    // zero means SIG_DFL, no flags, empty mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid struct pointer and a NULL
+        // old-action pointer; SIG_DFL installs no code.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+}
+
 /// Closes every descriptor from 3 up that is not in `keep`
 /// (close_range(2), Linux 5.9+). Used in forked workers so they do not
 /// hold the master's private descriptors (signalfd, notify socket,
 /// other workers' pipes).
 pub fn close_fds_except(keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f > 2).collect();
+    let mut keep: Vec<RawFd> =
+        keep.iter().copied().filter(|&f| f > 2).collect();
     keep.sort_unstable();
     let mut from: u32 = 3;
     for fd in keep {
@@ -217,8 +257,11 @@ impl ExecImage {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            reset_all_dispositions();
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+            );
 
             // Renumber in two phases so overlapping source and target
             // ranges cannot clobber each other, and so no target is a
@@ -309,6 +352,14 @@ fn write_decimal(out: &mut [u8], mut n: u64) {
     out[len] = 0;
 }
 
+/// Borrows a descriptor that stays open for the rest of the process's
+/// life (a worker's inherited listeners).
+pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors inherited at fork that nothing in
+    // the process closes before it exits.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
 // The image holds raw pointers into its own buffers; it is built and
 // used in one thread only (the master's, then the child's copy).
 
@@ -338,12 +389,4 @@ mod tests {
         assert!(img.pid_vars[0].1.starts_with(b"LISTEN_PID="));
         assert_eq!(img.pid_vars[1].0, "WATCHDOG_PID=".len());
     }
-}
-
-/// Borrows a descriptor that stays open for the rest of the process's
-/// life (a worker's inherited listeners).
-pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass descriptors inherited at fork that nothing in
-    // the process closes before it exits.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }

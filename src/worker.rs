@@ -101,10 +101,8 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
-        let readable: Vec<bool> = fds
-            .iter()
-            .map(|f| f.any().unwrap_or(false))
-            .collect();
+        let readable: Vec<bool> =
+            fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
         let mut stop = false;
         for sig in crate::signals::drain(&signals) {
@@ -183,7 +181,12 @@ fn accept(l: BorrowedFd<'_>) -> anyhow::Result<Option<OwnedFd>> {
 
 /// Serves one connection; errors are the client's problem, logged at
 /// debug.
-fn handle(conn: OwnedFd, info: &Info, p: &Params, buf: &mut [u8; http::MAX_HEAD]) {
+fn handle(
+    conn: OwnedFd,
+    info: &Info,
+    p: &Params,
+    buf: &mut [u8; http::MAX_HEAD],
+) {
     let mut conn = Conn(conn);
     if let Err(e) = conn.set_timeout(p.client_timeout) {
         log::debug!("connection timeout: {e}");
@@ -203,7 +206,9 @@ fn handle(conn: OwnedFd, info: &Info, p: &Params, buf: &mut [u8; http::MAX_HEAD]
                 )
             }
         }
-        Ok(ReadOutcome::Rejected(r)) => http::write_rejection(&mut conn, r),
+        Ok(ReadOutcome::Rejected(r)) => {
+            http::write_rejection(&mut conn, r).map(|()| conn.linger())
+        }
         Ok(ReadOutcome::Closed) => Ok(()),
         Err(e) => Err(e),
     };
@@ -253,7 +258,13 @@ fn hook(conn: &mut Conn, req: &http::Request, info: &Info) -> io::Result<()> {
             log::warn!("test hook: exiting {}", num("code"));
             sys::exit_now(num("code") as i32)
         }
-        _ => http::write_response(conn, 200, "text/plain", b"no such hook\n", false),
+        _ => http::write_response(
+            conn,
+            200,
+            "text/plain",
+            b"no such hook\n",
+            false,
+        ),
     }
 }
 
@@ -264,12 +275,31 @@ struct Conn(OwnedFd);
 
 impl Conn {
     fn set_timeout(&self, t: Duration) -> nix::Result<()> {
-        let tv = TimeVal::new(
-            t.as_secs() as _,
-            t.subsec_micros() as _,
-        );
+        let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
         socket::setsockopt(&self.0, sockopt::ReceiveTimeout, &tv)?;
         socket::setsockopt(&self.0, sockopt::SendTimeout, &tv)
+    }
+}
+
+impl Conn {
+    /// After a rejection the client may still be sending: closing with
+    /// unread input makes the kernel send RST, and the client may lose
+    /// our answer. So half-close, then drain briefly (bounded in bytes
+    /// and time), as gunicorn's close_graceful and nginx's lingering
+    /// close do.
+    fn linger(&mut self) {
+        let _ = socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.0),
+            socket::Shutdown::Write,
+        );
+        let _ = self.set_timeout(Duration::from_millis(200));
+        let mut sink = [0u8; 4096];
+        for _ in 0..64 {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
 

@@ -1,0 +1,639 @@
+//! The test harness: runs the real `upgrader` binary in its own process
+//! group, pretends to be systemd (a notify socket the test owns), and
+//! collects the master's log lines with their arrival times. Every wait
+//! is bounded and fails with a message that says what was awaited and
+//! shows the log.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_upgrader");
+
+/// A generous bound for things that take milliseconds when all is well.
+pub const LONG: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A per-test directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir()
+            .join(format!("upgrader-it-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Log lines as they arrive.
+#[derive(Default)]
+pub struct Lines {
+    lines: Mutex<Vec<(Instant, String)>>,
+    cond: Condvar,
+    closed: Mutex<bool>,
+}
+
+impl Lines {
+    fn push(&self, l: String) {
+        self.lines.lock().unwrap().push((Instant::now(), l));
+        self.cond.notify_all();
+    }
+
+    pub fn text(&self) -> String {
+        let v = self.lines.lock().unwrap();
+        v.iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The first line after index `from` containing every pattern, and
+    /// when it arrived.
+    pub fn find_from(
+        &self,
+        from: usize,
+        pats: &[&str],
+    ) -> Option<(usize, Instant, String)> {
+        let v = self.lines.lock().unwrap();
+        v.iter().enumerate().skip(from).find_map(|(i, (t, l))| {
+            pats.iter()
+                .all(|p| l.contains(p))
+                .then(|| (i, *t, l.clone()))
+        })
+    }
+
+    pub fn count(&self, pats: &[&str]) -> usize {
+        let v = self.lines.lock().unwrap();
+        v.iter()
+            .filter(|(_, l)| pats.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits for a line (from index `from` on) containing every pattern.
+    pub fn wait_from(
+        &self,
+        from: usize,
+        pats: &[&str],
+        limit: Duration,
+    ) -> (usize, Instant, String) {
+        let deadline = Instant::now() + limit;
+        let mut guard = self.lines.lock().unwrap();
+        loop {
+            if let Some((i, (t, l))) = guard
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, l))| pats.iter().all(|p| l.contains(p)))
+            {
+                return (i, *t, l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(guard);
+                panic!(
+                    "no log line with {pats:?} within {limit:?}; log:\n{}",
+                    self.text()
+                );
+            }
+            guard = self.cond.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// A notify socket the test owns: what systemd would receive.
+pub struct FakeSystemd {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl FakeSystemd {
+    pub fn new(dir: &Path) -> FakeSystemd {
+        let path = dir.join("systemd-notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        FakeSystemd {
+            path,
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a datagram containing `pat`; returns it. Everything
+    /// received is kept in `seen`, in order.
+    pub fn expect(&mut self, pat: &str, limit: Duration) -> String {
+        self.try_expect(pat, limit).unwrap_or_else(|| {
+            panic!(
+                "no notify message with {pat:?} within {limit:?}; got {:?}",
+                self.seen
+            )
+        })
+    }
+
+    /// Like `expect`, but `None` when it did not come in time.
+    pub fn try_expect(
+        &mut self,
+        pat: &str,
+        limit: Duration,
+    ) -> Option<String> {
+        if let Some(m) = self.seen.iter().find(|m| m.contains(pat)) {
+            return Some(m.clone());
+        }
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(m.clone());
+                if m.contains(pat) {
+                    return Some(m);
+                }
+            }
+        }
+    }
+}
+
+/// A running master. Dropping it SIGKILLs its process group and reaps
+/// it; its workers follow (that is invariant 4).
+pub struct Upgrader {
+    pub child: Child,
+    pub pid: Pid,
+    pub dir: TempDir,
+    pub log: Arc<Lines>,
+    pub systemd: FakeSystemd,
+    pub args: Vec<String>,
+    status: Option<ExitStatus>,
+}
+
+pub struct Builder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: TempDir,
+}
+
+impl Builder {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        a: I,
+    ) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    pub fn start(self) -> Upgrader {
+        let systemd = FakeSystemd::new(&self.dir.0);
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.args)
+            .current_dir(&self.dir.0)
+            .env("NOTIFY_SOCKET", &systemd.path)
+            .env("UPGRADER_TEST_HOOKS", "1")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn upgrader");
+        let log = Arc::new(Lines::default());
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    match line {
+                        Ok(l) => log.push(l),
+                        Err(_) => break,
+                    }
+                }
+                *log.closed.lock().unwrap() = true;
+                log.cond.notify_all();
+            });
+        }
+        Upgrader {
+            pid: Pid::from_raw(child.id() as i32),
+            child,
+            dir: self.dir,
+            log,
+            systemd,
+            args: self.args,
+            status: None,
+        }
+    }
+}
+
+pub fn upgrader() -> Builder {
+    Builder {
+        args: Vec::new(),
+        env: Vec::new(),
+        dir: TempDir::new(),
+    }
+}
+
+impl Upgrader {
+    /// Waits for `READY=1` on the fake systemd socket.
+    pub fn ready(&mut self) -> &mut Self {
+        if let Some(st) = self.child.try_wait().unwrap() {
+            panic!("upgrader exited early ({st}); log:\n{}", self.log.text());
+        }
+        let deadline = Instant::now() + LONG;
+        loop {
+            // A master that died never sends READY=1: report that.
+            let m = self
+                .systemd
+                .try_expect("READY=1", Duration::from_millis(200));
+            if m.is_some() {
+                // The log travels by another pipe: wait for the line the
+                // master writes just before READY=1, so every earlier
+                // line (spawns, listeners) is in.
+                if !self.args.iter().any(|a| a.starts_with("--log-file")) {
+                    self.log.wait_from(0, &["serving"], LONG);
+                }
+                return self;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "upgrader exited ({st}) before READY=1; log:\n{}",
+                    self.log.text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no READY=1 within {LONG:?}; log:\n{}",
+                    self.log.text()
+                );
+            }
+        }
+    }
+
+    /// The address of the n-th listener, from the "listening on" lines.
+    pub fn addr(&self, n: usize) -> String {
+        self.log.wait_from(0, &["listening on"], LONG);
+        let text = self.log.text();
+        let line = text
+            .lines()
+            .filter(|l| l.contains("listening on "))
+            .nth(n)
+            .unwrap_or_else(|| panic!("no listener #{n}; log:\n{text}"));
+        let rest = line.split("listening on ").nth(1).unwrap();
+        rest.split(" (").next().unwrap().to_string()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid, sig).unwrap();
+    }
+
+    /// Waits for the master to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                self.status = Some(s);
+                // Let the readers drain the last lines.
+                let closed_by = Instant::now() + Duration::from_secs(2);
+                while !*self.log.closed.lock().unwrap()
+                    && Instant::now() < closed_by
+                {
+                    poll_pause();
+                }
+                return s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "upgrader still running after {limit:?}; log:\n{}",
+                    self.log.text()
+                );
+            }
+            poll_pause();
+        }
+    }
+
+    /// Pids of the workers spawned so far, from the log.
+    pub fn spawned(&self) -> Vec<Pid> {
+        self.log
+            .text()
+            .lines()
+            .filter_map(|l| l.split("spawned worker[").nth(1))
+            .filter_map(|r| r.split(']').next()?.parse().ok())
+            .map(Pid::from_raw)
+            .collect()
+    }
+}
+
+impl Drop for Upgrader {
+    fn drop(&mut self) {
+        let _ = killpg(self.pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- upgrader {:?} log ---\n{}",
+                self.args,
+                self.log.text()
+            );
+        }
+    }
+}
+
+/// One step of a bounded polling loop (never a wait for an event by
+/// itself: every caller checks a condition and a deadline around it).
+pub fn poll_pause() {
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        poll_pause();
+    }
+}
+
+/// Waits until `pid` sleeps in poll (the kernel's wait channel), the
+/// state an idle master or worker must settle in.
+pub fn wait_asleep_in_poll(pid: Pid) {
+    wait_until(&format!("{pid} asleep in poll"), LONG, || {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        wchan.contains("poll") && state.starts_with('S')
+    });
+}
+
+pub fn alive(pid: Pid) -> bool {
+    // A zombie still answers kill(0); count it as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn num(&self, key: &str) -> u64 {
+        self.json()[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {}", self.body))
+    }
+}
+
+/// A stream to `addr`: `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn connect(addr: &str) -> std::io::Result<Stream> {
+        let s = match addr.strip_prefix("unix:") {
+            Some(p) => Stream::Unix(UnixStream::connect(p)?),
+            None => {
+                let a: SocketAddr = addr.parse().expect("address");
+                Stream::Tcp(TcpStream::connect_timeout(&a, LONG)?)
+            }
+        };
+        s.set_timeout(LONG)?;
+        Ok(s)
+    }
+
+    pub fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends raw bytes, reads the whole response.
+pub fn raw(addr: &str, request: &[u8]) -> std::io::Result<Response> {
+    let mut s = Stream::connect(addr)?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    parse(&out)
+}
+
+pub fn parse(out: &[u8]) -> std::io::Result<Response> {
+    let text = String::from_utf8_lossy(out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::other(format!("no complete response: {text:?}"))
+    })?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!("bad status line: {head:?}"))
+        })?;
+    Ok(Response {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+}
+
+/// GET that must succeed with 200.
+pub fn get_ok(addr: &str, path: &str) -> Response {
+    let r =
+        get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+    assert_eq!(r.status, 200, "GET {addr}{path}: {r:?}");
+    r
+}
+
+/// Starts a `/_test/slow` request and returns once its head has
+/// arrived, i.e. once a worker has it in hand.
+pub fn slow_in_flight(addr: &str, ms: u64) -> (Stream, String) {
+    let mut s = Stream::connect(addr).unwrap();
+    s.write_all(
+        format!("GET /_test/slow?ms={ms} HTTP/1.1\r\nHost: t\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read head of slow response");
+        assert_eq!(n, 1, "connection closed before the head: {head:?}");
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads the rest of a response whose head was read by `slow_in_flight`.
+pub fn finish(mut s: Stream, head: String) -> Response {
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).expect("read body");
+    parse(format!("{head}{}", String::from_utf8_lossy(&body)).as_bytes())
+        .unwrap()
+}
+
+/// Whether a TCP port can be bound right now.
+pub fn port_free(addr: &str) -> bool {
+    std::net::TcpListener::bind(addr).is_ok()
+}
+
+/// What `ss` says about a port (for failure messages).
+pub fn who_holds(addr: &str) -> String {
+    let port = addr.rsplit(':').next().unwrap_or("");
+    let out = Command::new("ss").args(["-tanp"]).output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!(":{port} ")))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("ss: {e}"),
+    }
+}
+
+/// Runs the binary to completion (for usage errors and the like).
+pub fn run_to_end(args: &[&str], dir: &Path) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            return (st, format!("{out}{err}"));
+        }
+        if Instant::now() > deadline {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            panic!("{args:?} did not finish within {LONG:?}");
+        }
+        poll_pause();
+    }
+}

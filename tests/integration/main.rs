@@ -1,0 +1,17 @@
+//! Integration tests: each drives the real `upgrader` binary through
+//! real sockets, processes and signals, and waits on observable events
+//! (notify messages, log lines, responses carrying pids), never on
+//! elapsed time.
+
+mod harness;
+
+/// Exec workers: the systemd hand-over, readiness, keepers.
+mod exec;
+/// Worker failures: boot failure, crash, backoff, timeouts.
+mod failures;
+/// The built-in worker: serving, HTTP edge cases.
+mod serving;
+/// Master signals: TERM, QUIT, TTIN/TTOU, WINCH, USR1, kill -9.
+mod signals;
+/// Start-up, command line, bind errors, pidfile.
+mod startup;
