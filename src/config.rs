@@ -159,10 +159,6 @@ impl Config {
             log_file: o.log_file.map(absolute),
         })
     }
-
-    pub fn is_exec(&self) -> bool {
-        matches!(self.kind, WorkerKind::Exec { .. })
-    }
 }
 
 /// Reads and parses a config file; errors name the file, and toml's

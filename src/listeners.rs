@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -161,6 +162,9 @@ pub struct Listener {
     /// port when `:0` was asked for).
     pub local: Addr,
     pub origin: Origin,
+    /// The `--bind` it was opened for, if any (a reload keeps a listener
+    /// whose spec is unchanged, even for `:0`).
+    pub spec: Option<BindSpec>,
 }
 
 impl Listener {
@@ -204,6 +208,7 @@ pub fn bind(spec: &BindSpec, opts: BindOptions) -> Result<Listener> {
         fd,
         local,
         origin: Origin::Bound,
+        spec: Some(spec.clone()),
     })
 }
 
@@ -316,6 +321,7 @@ pub fn adopt(fd: OwnedFd, name: &str) -> Result<Listener> {
         fd,
         local,
         origin: Origin::Inherited,
+        spec: None,
     })
 }
 
@@ -339,7 +345,13 @@ pub fn open_all(
     };
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let found = inherited.iter().position(|l| matches(spec, l));
+        // An exact match first; then `:0` takes an inherited socket on
+        // the same address (a successor re-reads the same `--bind
+        // 127.0.0.1:0` that gave its predecessor a kernel-chosen port).
+        let found = inherited
+            .iter()
+            .position(|l| matches(spec, l))
+            .or_else(|| inherited.iter().position(|l| any_port(spec, l)));
         let mut l = match found {
             Some(i) => inherited.remove(i),
             None => match &spec.addr {
@@ -360,6 +372,7 @@ pub fn open_all(
         if let Some(n) = &spec.name {
             l.name = n.clone();
         }
+        l.spec = Some(spec.clone());
         out.push(l);
     }
     for l in inherited {
@@ -372,11 +385,46 @@ pub fn open_all(
     Ok(out)
 }
 
+/// The listener set a reloaded configuration asks for: listeners whose
+/// `--bind` did not change are kept (shared), new ones are bound. An
+/// empty `--bind` list keeps the current set. Nothing is closed here:
+/// the caller drops what is no longer used once the old generation is
+/// gone. On error nothing changes.
+pub fn reconcile(
+    current: &[Rc<Listener>],
+    specs: &[BindSpec],
+    opts: BindOptions,
+) -> Result<Vec<Rc<Listener>>> {
+    if specs.is_empty() {
+        return Ok(current.to_vec());
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let kept = current
+            .iter()
+            .find(|l| l.spec.as_ref() == Some(spec) || matches(spec, l));
+        match kept {
+            Some(l) => out.push(Rc::clone(l)),
+            None => out.push(Rc::new(bind(spec, opts)?)),
+        }
+    }
+    Ok(out)
+}
+
 /// `127.0.0.1:8000`, as gunicorn.
 pub fn default_bind() -> BindSpec {
     BindSpec {
         name: None,
         addr: Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000))),
+    }
+}
+
+fn any_port(spec: &BindSpec, l: &Listener) -> bool {
+    match (&spec.addr, &l.local) {
+        (Addr::Tcp(want), Addr::Tcp(have)) => {
+            want.port() == 0 && want.ip() == have.ip()
+        }
+        _ => false,
     }
 }
 

@@ -100,15 +100,24 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     }
     logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
         .map_err(runtime)?;
-    logging::set_role(format!("master[{}]", std::process::id()));
-    if let Some(p) = &cfg.pidfile {
+    // A new master (USR2) is "master.2" until promoted, as gunicorn's.
+    let role = if env.predecessor.is_some() {
+        "master.2"
+    } else {
+        "master"
+    };
+    logging::set_role(format!("{role}[{}]", std::process::id()));
+    if let Some(p) = &cfg.pidfile
+        && env.predecessor.is_none()
+    {
         pidfile::check_free(p).map_err(runtime)?;
     }
+    let invocation = handoff::invocation(&env.vars).map_err(runtime)?;
     // Block the master's signals before anything is forked, so no child
     // is ever born between a signal and its handling.
     let signals =
         signals::block_into_fd(&signals::HANDLED).map_err(runtime)?;
-    let inherited = env.take_listen_fds().map_err(runtime)?;
+    let inherited = env.take_inherited().map_err(runtime)?;
     let listeners =
         listeners::open_all(&cfg.binds, inherited, cfg.bind_options)
             .map_err(runtime)?;
@@ -119,6 +128,7 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         listeners,
         signals,
         env,
+        invocation,
     })
     .map_err(runtime)?;
     let exit = master.run().map_err(runtime)?;

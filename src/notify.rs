@@ -12,15 +12,17 @@
 //! (sd_notify(3)); a path starting with `@` is in the abstract namespace.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{
-    self, ControlMessageOwned, MsgFlags, UnixCredentials, sockopt,
+    self, ControlMessage, ControlMessageOwned, MsgFlags, UnixCredentials,
+    sockopt,
 };
 use nix::unistd::Pid;
 
@@ -163,6 +165,10 @@ impl Systemd {
         Systemd { path }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// Sends `text`; failures are logged at debug, as systemd's own
     /// clients do: notification is best effort.
     pub fn notify(&self, text: &str) {
@@ -173,6 +179,46 @@ impl Systemd {
                 }
                 Err(e) => log::debug!("sd_notify {p}: {e}"),
             }
+        }
+    }
+    /// `BARRIER=1`: waits until systemd has processed every message sent
+    /// before (it closes the pipe end we pass), at most `limit`.
+    pub fn barrier(&self, limit: Duration) -> Result<()> {
+        let Some(p) = &self.path else { return Ok(()) };
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .context("pipe")?;
+        let sock = UnixDatagram::unbound().context("socket")?;
+        sock.connect_addr(&address(p)?)
+            .with_context(|| format!("connect {p}"))?;
+        let fds = [w.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"BARRIER=1")];
+        socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .context("sendmsg BARRIER=1")?;
+        drop(w);
+        wait_hangup(r, limit)
+    }
+}
+
+fn wait_hangup(r: OwnedFd, limit: Duration) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left =
+            deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, ms) {
+            Ok(0) => anyhow::bail!("barrier: no answer in {limit:?}"),
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll barrier"),
         }
     }
 }

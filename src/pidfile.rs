@@ -60,6 +60,13 @@ pub fn write(path: &Path, pid: Pid) -> Result<()> {
         .with_context(|| format!("pidfile {}", path.display()))
 }
 
+/// Renames `from` to `to` (promotion: `<pidfile>.2` becomes the pidfile).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).with_context(|| {
+        format!("pidfile {} -> {}", from.display(), to.display())
+    })
+}
+
 /// Removes `path` if it still names `pid`.
 pub fn remove_if_ours(path: &Path, pid: Pid) {
     if read(path) == Some(pid)

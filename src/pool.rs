@@ -80,6 +80,8 @@ pub struct Worker {
     pub exec_errors: Option<OwnedFd>,
     /// The last `STATUS=` it sent.
     pub status: Option<String>,
+    /// An exec worker (keeper + app), not a built-in one.
+    pub is_exec: bool,
 }
 
 impl Worker {
@@ -95,6 +97,7 @@ impl Worker {
             tail: Tail::default(),
             exec_errors: None,
             status: None,
+            is_exec: false,
         }
     }
 

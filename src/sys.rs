@@ -192,6 +192,10 @@ pub struct ExecImage {
     /// Entries such as `LISTEN_PID=`: the name, then fixed room for the
     /// digits the child fills in with its own pid.
     pid_vars: Vec<(usize, Vec<u8>)>,
+    /// Working directory to change to before execve.
+    cwd: Option<CString>,
+    /// Die with the parent (workers yes; a new master never).
+    pdeathsig: bool,
 }
 
 const PID_DIGITS: usize = 20;
@@ -233,7 +237,17 @@ impl ExecImage {
             _env: env,
             env_ptrs,
             pid_vars,
+            cwd: None,
+            pdeathsig: true,
         }
+    }
+
+    /// For a new master (USR2): its predecessor's working directory, and
+    /// no parent-death signal (it must outlive the old master).
+    pub fn for_successor(mut self, cwd: CString) -> ExecImage {
+        self.cwd = Some(cwd);
+        self.pdeathsig = false;
+        self
     }
 
     /// The exec worker's last steps, in the freshly forked child: an
@@ -258,10 +272,17 @@ impl ExecImage {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             reset_all_dispositions();
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-            );
+            if self.pdeathsig {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                );
+            }
+            if let Some(cwd) = &self.cwd
+                && libc::chdir(cwd.as_ptr()) < 0
+            {
+                fail(errors);
+            }
 
             // Renumber in two phases so overlapping source and target
             // ranges cannot clobber each other, and so no target is a
@@ -350,6 +371,21 @@ fn write_decimal(out: &mut [u8], mut n: u64) {
         out[i] = tmp[len - 1 - i];
     }
     out[len] = 0;
+}
+
+/// pidfd_open(2): a descriptor that becomes readable when `pid` exits,
+/// for any process, child or not (Linux 5.3+). The new master watches
+/// its predecessor with it, so promotion is an event, not a tick.
+pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: a plain system call on integers; the returned descriptor
+    // is new and owned by no one else.
+    let r = unsafe {
+        nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0)
+    };
+    let fd = Errno::result(r)? as RawFd;
+    // SAFETY: pidfd_open just returned this descriptor (CLOEXEC by
+    // default).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Borrows a descriptor that stays open for the rest of the process's

@@ -103,6 +103,21 @@ impl Lines {
         pats: &[&str],
         limit: Duration,
     ) -> (usize, Instant, String) {
+        self.try_wait_from(from, pats, limit).unwrap_or_else(|| {
+            panic!(
+                "no line with {pats:?} within {limit:?}; got:\n{}",
+                self.text()
+            )
+        })
+    }
+
+    /// Like `wait_from`, but `None` when it did not come in time.
+    pub fn try_wait_from(
+        &self,
+        from: usize,
+        pats: &[&str],
+        limit: Duration,
+    ) -> Option<(usize, Instant, String)> {
         let deadline = Instant::now() + limit;
         let mut guard = self.lines.lock().unwrap();
         loop {
@@ -112,48 +127,45 @@ impl Lines {
                 .skip(from)
                 .find(|(_, (_, l))| pats.iter().all(|p| l.contains(p)))
             {
-                return (i, *t, l.clone());
+                return Some((i, *t, l.clone()));
             }
             let now = Instant::now();
             if now >= deadline {
-                drop(guard);
-                panic!(
-                    "no log line with {pats:?} within {limit:?}; log:\n{}",
-                    self.text()
-                );
+                return None;
             }
             guard = self.cond.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
 }
 
-/// A notify socket the test owns: what systemd would receive.
+/// A notify socket the test owns: what systemd would receive. A thread
+/// reads it all the time, as systemd does (so a `BARRIER=1` is answered:
+/// the passed descriptor is closed when the datagram is read).
 pub struct FakeSystemd {
     pub path: PathBuf,
-    sock: UnixDatagram,
-    pub seen: Vec<String>,
+    pub messages: Arc<Lines>,
 }
 
 impl FakeSystemd {
     pub fn new(dir: &Path) -> FakeSystemd {
         let path = dir.join("systemd-notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        FakeSystemd {
-            path,
-            sock,
-            seen: Vec::new(),
-        }
+        let messages = Arc::new(Lines::default());
+        let m = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the test's process exits; the socket file goes
+            // with the test directory.
+            while let Ok(n) = sock.recv(&mut buf) {
+                m.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        FakeSystemd { path, messages }
     }
 
-    /// Waits for a datagram containing `pat`; returns it. Everything
-    /// received is kept in `seen`, in order.
+    /// Waits for a datagram containing `pat`; returns it.
     pub fn expect(&mut self, pat: &str, limit: Duration) -> String {
-        self.try_expect(pat, limit).unwrap_or_else(|| {
-            panic!(
-                "no notify message with {pat:?} within {limit:?}; got {:?}",
-                self.seen
-            )
-        })
+        self.messages.wait_from(0, &[pat], limit).2
     }
 
     /// Like `expect`, but `None` when it did not come in time.
@@ -162,25 +174,18 @@ impl FakeSystemd {
         pat: &str,
         limit: Duration,
     ) -> Option<String> {
-        if let Some(m) = self.seen.iter().find(|m| m.contains(pat)) {
-            return Some(m.clone());
-        }
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push(m.clone());
-                if m.contains(pat) {
-                    return Some(m);
-                }
-            }
-        }
+        self.messages
+            .try_wait_from(0, &[pat], limit)
+            .map(|(_, _, m)| m)
+    }
+
+    /// Every datagram so far, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.messages
+            .text()
+            .split('\n')
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -197,6 +202,7 @@ pub struct Upgrader {
 }
 
 pub struct Builder {
+    program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
     dir: TempDir,
@@ -216,6 +222,12 @@ impl Builder {
         self
     }
 
+    /// Runs this executable instead of the built one.
+    pub fn program(mut self, p: &str) -> Self {
+        self.program = p.into();
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -227,7 +239,7 @@ impl Builder {
 
     pub fn start(self) -> Upgrader {
         let systemd = FakeSystemd::new(&self.dir.0);
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .current_dir(&self.dir.0)
             .env("NOTIFY_SOCKET", &systemd.path)
@@ -274,6 +286,7 @@ impl Builder {
 
 pub fn upgrader() -> Builder {
     Builder {
+        program: BIN.into(),
         args: Vec::new(),
         env: Vec::new(),
         dir: TempDir::new(),
@@ -636,4 +649,91 @@ pub fn run_to_end(args: &[&str], dir: &Path) -> (ExitStatus, String) {
         }
         poll_pause();
     }
+}
+
+/// A bounded load: `threads` clients looping GETs until stopped (or
+/// until `limit` passes), recording every failed connect, reset or
+/// non-200, and the (master_pid, generation) of every answer.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+#[derive(Default, Debug)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failures: Vec<String>,
+    /// (master_pid, generation) pairs seen, in order, deduplicated.
+    pub served_by: Vec<(u64, u64)>,
+}
+
+impl Load {
+    pub fn start(addr: &str, threads: usize, limit: Duration) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let addr = addr.to_string();
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + limit;
+                    let mut r = LoadReport::default();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                        && n < 1_000_000
+                    {
+                        n += 1;
+                        match get(&addr, "/") {
+                            Ok(resp) if resp.status == 200 => {
+                                r.ok += 1;
+                                let j = resp.json();
+                                let key = (
+                                    j["master_pid"].as_u64().unwrap_or(0),
+                                    j["generation"].as_u64().unwrap_or(0),
+                                );
+                                if r.served_by.last() != Some(&key) {
+                                    r.served_by.push(key);
+                                }
+                            }
+                            Ok(resp) => r.failures.push(format!("{resp:?}")),
+                            Err(e) => r.failures.push(e.to_string()),
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    /// Stops the clients and merges their reports.
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = LoadReport::default();
+        for h in self.handles {
+            let r = h.join().expect("load thread");
+            all.ok += r.ok;
+            all.failures.extend(r.failures);
+            for k in r.served_by {
+                if !all.served_by.contains(&k) {
+                    all.served_by.push(k);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// The pid in a pidfile, once it names something other than `not`.
+pub fn wait_pidfile(path: &Path, not: Option<Pid>) -> Pid {
+    let mut pid = None;
+    wait_until(&format!("pidfile {}", path.display()), LONG, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .map(Pid::from_raw)
+            .filter(|p| Some(*p) != not);
+        pid.is_some()
+    });
+    pid.unwrap()
 }

@@ -9,9 +9,13 @@ mod harness;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// HUP: reload, bad configs, failing generations, bind changes.
+mod reload;
 /// The built-in worker: serving, HTTP edge cases.
 mod serving;
 /// Master signals: TERM, QUIT, TTIN/TTOU, WINCH, USR1, kill -9.
 mod signals;
 /// Start-up, command line, bind errors, pidfile.
 mod startup;
+/// USR2: upgrade, retirement, promotion, failure, rollback.
+mod upgrade;

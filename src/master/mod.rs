@@ -1,0 +1,539 @@
+//! The master: one loop that sleeps in poll until a signal, a worker's
+//! notify datagram, a worker's output, the upgrade's ready pipe, the
+//! predecessor's exit, or the earliest deadline it owns; then it
+//! dispatches what happened, reaps, fires due timers and maintains the
+//! pool. Read top to bottom, it is the SIGNALS section of the man page.
+//!
+//! Vocabulary (gunicorn's): *spawn* a worker, *reap* a dead one,
+//! *murder* a late one (the timeout signal, then SIGKILL), *maintain*
+//! the pool's shape, *drain* (TERM, then SIGKILL at the deadline),
+//! *halt* (stop with a failure status), *reexec* a new master (USR2),
+//! *retire* the old one, *promote* the new one.
+//!
+//! Submodules hold the rest of `impl Master`: `workers` (reap, timers,
+//! maintain), `reload` (HUP), `upgrade` (USR2, retirement, promotion).
+
+mod reload;
+mod upgrade;
+mod workers;
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::Pid;
+
+use crate::cli::{Options, ReadyMode};
+use crate::config::{Config, Facts, WorkerKind};
+use crate::handoff::Invocation;
+use crate::listeners::Listener;
+use crate::notify::{self, Systemd};
+use crate::pool::{self, State, Stop, Worker};
+use crate::signals::{self, Event};
+
+pub use upgrade::Role;
+
+/// How the master ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u8,
+    /// The one-line reason for a non-zero status.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Running,
+    /// Stopping; exits with `exit` once every worker is reaped.
+    Stopping {
+        graceful: bool,
+        exit: Exit,
+    },
+}
+
+/// What a poll round found readable.
+#[derive(Default)]
+struct Readable {
+    signals: bool,
+    notify: bool,
+    successor_ready: bool,
+    predecessor_gone: bool,
+    outputs: Vec<Pid>,
+}
+
+/// Where a poll source leads.
+#[derive(Clone, Copy)]
+enum Source {
+    Signals,
+    Notify,
+    SuccessorReady,
+    PredecessorGone,
+    Output(Pid),
+}
+
+pub struct Master {
+    cli: Options,
+    facts: Facts,
+    cfg: Config,
+    me: Pid,
+    role: Role,
+    invocation: Invocation,
+    /// The listeners new workers get.
+    listeners: Vec<Rc<Listener>>,
+    /// Listeners a reload removed: closed once no older worker is left.
+    retired: Vec<Rc<Listener>>,
+    signals: SignalFd,
+    notify: notify::Server,
+    systemd: Systemd,
+    /// The master's own watchdog (systemd's `WATCHDOG_USEC`).
+    watchdog: Option<(Duration, Instant)>,
+    base_env: Vec<(OsString, OsString)>,
+    hooks: bool,
+    workers: Vec<Worker>,
+    next_age: u64,
+    /// The generation new workers belong to, and the last one started.
+    generation: u64,
+    last_generation: u64,
+    desired: usize,
+    phase: Phase,
+    /// The first generation has been ready (before that, a boot failure
+    /// halts the master: invariant 5).
+    ever_ready: bool,
+    /// Consecutive worker failures, and when the next spawn may happen.
+    failures: u32,
+    respawn_at: Option<Instant>,
+    reload: Option<reload::Reload>,
+    reload_queued: bool,
+    upgrade: upgrade::Upgrade,
+    /// A successor inherited the listeners: do not unlink them.
+    handed_over: bool,
+}
+
+/// What `Master::new` needs from start-up.
+pub struct Parts {
+    pub cli: Options,
+    pub facts: Facts,
+    pub cfg: Config,
+    pub listeners: Vec<Listener>,
+    pub signals: SignalFd,
+    pub env: crate::handoff::Environment,
+    pub invocation: Invocation,
+}
+
+impl Master {
+    pub fn new(p: Parts) -> Result<Master> {
+        let notify = notify::Server::bind(p.cfg.credentials.uid)?;
+        let now = Instant::now();
+        let role = Role::from_env(p.env.predecessor.as_ref())?;
+        Ok(Master {
+            desired: p.cfg.workers,
+            cli: p.cli,
+            facts: p.facts,
+            cfg: p.cfg,
+            me: nix::unistd::getpid(),
+            role,
+            invocation: p.invocation,
+            listeners: p.listeners.into_iter().map(Rc::new).collect(),
+            retired: Vec::new(),
+            signals: p.signals,
+            notify,
+            systemd: Systemd::new(p.env.notify_socket),
+            watchdog: p.env.watchdog.map(|w| (w / 2, now + w / 2)),
+            base_env: p.env.vars,
+            hooks: p.env.hooks,
+            workers: Vec::new(),
+            next_age: 0,
+            generation: 1,
+            last_generation: 1,
+            phase: Phase::Running,
+            ever_ready: false,
+            failures: 0,
+            respawn_at: None,
+            reload: None,
+            reload_queued: false,
+            upgrade: upgrade::Upgrade::Idle,
+            handed_over: false,
+        })
+    }
+
+    /// The loop. Returns how the master ends.
+    pub fn run(mut self) -> Result<Exit> {
+        for l in &self.listeners {
+            log::info!("listening on {} ({})", l.local, l.name);
+        }
+        log::info!(
+            "upgrader {} {} starting {} {}",
+            env!("CARGO_PKG_VERSION"),
+            self.role.name(),
+            self.desired,
+            match &self.cfg.kind {
+                WorkerKind::BuiltIn => "built-in workers".to_string(),
+                WorkerKind::Exec { program, .. } => {
+                    format!("exec workers: {}", program.display())
+                }
+            }
+        );
+        self.check_predecessor();
+        loop {
+            let now = Instant::now();
+            self.maintain(now);
+            if let Some(exit) = self.finished() {
+                self.cleanup();
+                return Ok(exit);
+            }
+            let ready = self.wait(now)?;
+            if ready.signals {
+                for sig in signals::drain(&self.signals) {
+                    if let Some(ev) = Event::from_signal(sig) {
+                        self.dispatch(ev, sig);
+                    }
+                }
+            }
+            if ready.notify {
+                self.handle_notify();
+            }
+            for pid in ready.outputs {
+                self.relay(pid, false);
+            }
+            if ready.successor_ready {
+                self.on_successor_readable();
+            }
+            self.reap();
+            if ready.predecessor_gone {
+                self.check_predecessor();
+            }
+            self.timers(Instant::now());
+        }
+    }
+
+    /// Sleeps in poll until something happens or the earliest deadline.
+    fn wait(&self, now: Instant) -> Result<Readable> {
+        let timeout = match self.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                // Round up: waking a millisecond early would spin.
+                let ms = d
+                    .saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut srcs: Vec<(BorrowedFd<'_>, Source)> = vec![
+            (self.signals.as_fd(), Source::Signals),
+            (self.notify.fd(), Source::Notify),
+        ];
+        if let Some(fd) = self.upgrade.ready_fd() {
+            srcs.push((fd, Source::SuccessorReady));
+        }
+        if let Some(fd) = self.role.pidfd() {
+            srcs.push((fd, Source::PredecessorGone));
+        }
+        for w in &self.workers {
+            if let Some(o) = &w.output {
+                srcs.push((o.as_fd(), Source::Output(w.pid)));
+            }
+        }
+        let mut fds: Vec<PollFd<'_>> = srcs
+            .iter()
+            .map(|(fd, _)| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let mut r = Readable::default();
+        for (f, (_, src)) in fds.iter().zip(&srcs) {
+            if !f.any().unwrap_or(false) {
+                continue;
+            }
+            match *src {
+                Source::Signals => r.signals = true,
+                Source::Notify => r.notify = true,
+                Source::SuccessorReady => r.successor_ready = true,
+                Source::PredecessorGone => r.predecessor_gone = true,
+                Source::Output(pid) => r.outputs.push(pid),
+            }
+        }
+        Ok(r)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.iter().filter_map(Worker::deadline);
+        let respawn = self.respawn_at.filter(|_| self.wants_spawn());
+        let watchdog = self.watchdog.map(|(_, at)| at);
+        let upgrade = self.upgrade.deadline();
+        workers.chain(respawn).chain(watchdog).chain(upgrade).min()
+    }
+
+    fn wants_spawn(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+            && pool::plan(&self.workers, self.desired, self.generation, true)
+                .spawn
+                > 0
+    }
+
+    /// One `handle_*` per event.
+    fn dispatch(&mut self, ev: Event, sig: Signal) {
+        log::debug!("got {sig}");
+        match ev {
+            Event::GracefulStop => self.handle_stop(true),
+            Event::FastStop => self.handle_stop(false),
+            Event::MoreWorkers => self.handle_scale(1),
+            Event::FewerWorkers => self.handle_scale(-1),
+            Event::DrainWorkers => self.handle_drain(),
+            Event::ReopenLogs => self.handle_reopen(),
+            Event::Reload => self.handle_reload(),
+            Event::Upgrade => self.handle_upgrade(),
+            Event::ChildExited => {} // the reaper runs every round
+        }
+    }
+
+    /// TERM: graceful stop; INT/QUIT: fast stop (SPEC 6). With a new
+    /// master in play, a stop is a retirement (see `upgrade`).
+    fn handle_stop(&mut self, graceful: bool) {
+        if self.stop_is_retirement(graceful) {
+            return;
+        }
+        match self.phase {
+            Phase::Stopping {
+                graceful: false, ..
+            } => return,
+            Phase::Stopping { graceful: true, .. } if graceful => return,
+            _ => {}
+        }
+        log::info!(
+            "{} stop: {} workers",
+            if graceful { "graceful" } else { "fast" },
+            self.workers.len()
+        );
+        self.systemd.notify("STOPPING=1\nSTATUS=stopping");
+        self.stop_all(
+            graceful,
+            Exit {
+                code: 0,
+                reason: None,
+            },
+        );
+    }
+
+    fn stop_all(&mut self, graceful: bool, exit: Exit) {
+        let now = Instant::now();
+        let (sig, why, budget) = if graceful {
+            (Signal::SIGTERM, Stop::Drain, self.cfg.graceful_timeout)
+        } else {
+            (Signal::SIGQUIT, Stop::Quit, Duration::from_secs(1))
+        };
+        for w in &mut self.workers {
+            let stronger = matches!(
+                w.state,
+                State::Stopping {
+                    why: Stop::Quit | Stop::BootTimeout,
+                    ..
+                } | State::Stopping { kill_at: None, .. }
+            );
+            if stronger && graceful {
+                continue;
+            }
+            workers::signal_group(w.pid, sig);
+            w.state = State::Stopping {
+                why,
+                kill_at: Some(now + budget),
+            };
+        }
+        self.phase = Phase::Stopping { graceful, exit };
+    }
+
+    /// TTIN / TTOU: one worker more or fewer, never below one.
+    fn handle_scale(&mut self, delta: i64) {
+        let n = (self.desired as i64 + delta).max(1) as usize;
+        log::info!("workers: {} -> {n}", self.desired);
+        self.desired = n;
+    }
+
+    /// WINCH: drain every worker, keep the master and the listeners.
+    fn handle_drain(&mut self) {
+        log::info!("WINCH: draining all workers; HUP brings them back");
+        self.desired = 0;
+    }
+
+    /// USR1: reopen log files, here and in built-in workers.
+    fn handle_reopen(&mut self) {
+        if let Err(e) = crate::logging::reopen() {
+            log::error!("{e:#}");
+        }
+        for w in &self.workers {
+            if !w.is_exec {
+                let _ = nix::sys::signal::kill(w.pid, Signal::SIGUSR1);
+            }
+        }
+    }
+
+    /// Datagrams on the private notify socket.
+    fn handle_notify(&mut self) {
+        let now = Instant::now();
+        for msg in self.notify.drain() {
+            let Some(i) = self.find_sender(msg.pid) else {
+                log::debug!("notify from unknown pid {}: ignored", msg.pid);
+                continue;
+            };
+            for (key, value) in msg.pairs() {
+                self.on_notify(i, key, value, now);
+            }
+        }
+    }
+
+    /// The worker a datagram came from: the sender itself, or the
+    /// process group it belongs to (an exec app under its keeper, or
+    /// any child of the app).
+    fn find_sender(&self, pid: Pid) -> Option<usize> {
+        if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+            return Some(i);
+        }
+        let pgid = nix::unistd::getpgid(Some(pid)).ok()?;
+        self.workers.iter().position(|w| w.pid == pgid)
+    }
+
+    fn on_notify(&mut self, i: usize, key: &str, value: &str, now: Instant) {
+        let timeout = self.cfg.timeout;
+        let graceful = self.cfg.graceful_timeout;
+        let w = &mut self.workers[i];
+        let notify_mode = !w.is_exec || self.cfg.ready == ReadyMode::Notify;
+        match (key, value) {
+            ("READY", "1") if notify_mode => {
+                if let State::Booting { .. } = w.state {
+                    w.state = State::Ready {
+                        since: now,
+                        beat_by: timeout.map(|t| now + t),
+                    };
+                    self.on_ready(i);
+                }
+            }
+            ("WATCHDOG", "1") => {
+                if let State::Ready {
+                    since,
+                    beat_by: Some(_),
+                } = w.state
+                {
+                    w.state = State::Ready {
+                        since,
+                        beat_by: timeout.map(|t| now + t),
+                    };
+                }
+            }
+            ("STATUS", s) => w.status = Some(s.to_string()),
+            ("STOPPING", "1") if w.is_ready() => {
+                log::info!("{} is leaving", w.role());
+                w.state = State::Stopping {
+                    why: Stop::Leaving,
+                    kill_at: Some(now + graceful),
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// A worker became ready.
+    fn on_ready(&mut self, i: usize) {
+        let w = &self.workers[i];
+        log::info!(
+            "{} ready in {} ms",
+            w.role(),
+            w.spawned.elapsed().as_millis()
+        );
+        if self.ready_count() < self.desired {
+            return;
+        }
+        if !self.ever_ready {
+            self.ever_ready = true;
+            self.on_serving();
+        } else if self.reload.is_some() {
+            self.reload_ready();
+        }
+    }
+
+    /// Ready workers of the current generation.
+    fn ready_count(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.generation == self.generation && w.is_ready())
+            .count()
+    }
+
+    /// The first generation is ready: the master is serving.
+    fn on_serving(&mut self) {
+        log::info!(
+            "serving: generation {} with {} workers",
+            self.generation,
+            self.desired
+        );
+        if self.role.is_successor() {
+            self.successor_serving();
+            return;
+        }
+        if let Some(path) = &self.cfg.pidfile
+            && let Err(e) = crate::pidfile::write(path, self.me)
+        {
+            log::error!("{e:#}");
+        }
+        self.systemd
+            .notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    /// One line of state for systemd's STATUS=.
+    fn status(&self) -> String {
+        format!(
+            "serving: generation {}, {}/{} workers ready",
+            self.generation,
+            self.ready_count(),
+            self.desired
+        )
+    }
+
+    fn finished(&self) -> Option<Exit> {
+        match &self.phase {
+            Phase::Stopping { exit, .. } if self.workers.is_empty() => {
+                Some(exit.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(p) = &self.cfg.pidfile {
+            if self.role.is_successor() {
+                let p2 = crate::pidfile::sibling(p, ".2");
+                crate::pidfile::remove_if_ours(&p2, self.me);
+            } else if !self.handed_over {
+                crate::pidfile::remove_if_ours(p, self.me);
+            }
+        }
+        // A successor inherited the sockets: the socket files are its.
+        if !self.handed_over && !self.role.is_successor() {
+            for l in self.listeners.iter().chain(&self.retired) {
+                l.unlink();
+            }
+        }
+        self.notify.remove();
+        let _ = (&self.cli, &self.facts);
+        log::info!("master exiting");
+    }
+}
+
+/// Reads one byte or EOF from a non-blocking pipe.
+fn read_byte(fd: &OwnedFd) -> Option<bool> {
+    let mut b = [0u8; 1];
+    match nix::unistd::read(fd, &mut b) {
+        Ok(0) => Some(false),
+        Ok(_) => Some(true),
+        Err(Errno::EAGAIN | Errno::EINTR) => None,
+        Err(_) => Some(false),
+    }
+}

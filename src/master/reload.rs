@@ -1,0 +1,189 @@
+//! HUP: reload. Re-read the configuration, start a new generation of
+//! workers with it, and retire the old generation only once every new
+//! worker is ready (invariant 2). A configuration that does not load,
+//! or a generation that cannot boot, is abandoned: the old generation
+//! keeps serving, untouched. A HUP during a reload is queued (one), not
+//! interleaved (invariant 3).
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::{Master, workers::signal_group};
+use crate::config::Config;
+use crate::listeners::{self, Listener};
+use crate::pool::{State, Stop};
+
+/// A reload in flight: what to go back to if it fails.
+pub(super) struct Reload {
+    from: u64,
+    previous: Config,
+    previous_listeners: Vec<Rc<Listener>>,
+    started: Instant,
+}
+
+impl Master {
+    pub(super) fn handle_reload(&mut self) {
+        if self.reload.is_some() {
+            log::info!("HUP: a reload is in flight; queued");
+            self.reload_queued = true;
+            return;
+        }
+        if !matches!(self.phase, super::Phase::Running) {
+            log::warn!("HUP ignored: stopping");
+            return;
+        }
+        self.start_reload();
+    }
+
+    fn start_reload(&mut self) {
+        self.systemd.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+            monotonic_usec()
+        ));
+        let loaded = Config::load(&self.cli, self.facts).and_then(|cfg| {
+            let l = listeners::reconcile(
+                &self.listeners,
+                &cfg.binds,
+                cfg.bind_options,
+            )?;
+            Ok((cfg, l))
+        });
+        let (cfg, listeners) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!(
+                    "reload rejected: {e:#}; generation {} keeps serving",
+                    self.generation
+                );
+                self.systemd.notify(&format!(
+                    "READY=1\nSTATUS=reload rejected: {}",
+                    one_line(&format!("{e:#}"))
+                ));
+                return;
+            }
+        };
+        for l in &listeners {
+            if !self.listeners.iter().any(|o| Rc::ptr_eq(o, l)) {
+                log::info!("listening on {} ({})", l.local, l.name);
+            }
+        }
+        log::set_max_level(cfg.log_level);
+        let from = self.generation;
+        self.last_generation += 1;
+        self.generation = self.last_generation;
+        self.desired = cfg.workers;
+        self.failures = 0;
+        self.respawn_at = None;
+        log::info!(
+            "reload: generation {} ({} workers) replaces generation {from}",
+            self.generation,
+            self.desired
+        );
+        self.reload = Some(Reload {
+            from,
+            previous: std::mem::replace(&mut self.cfg, cfg),
+            previous_listeners: std::mem::replace(
+                &mut self.listeners,
+                listeners,
+            ),
+            started: Instant::now(),
+        });
+    }
+
+    /// Every worker of the new generation is ready: the old one retires
+    /// (maintain does that) and the reload is complete.
+    pub(super) fn reload_ready(&mut self) {
+        let Some(r) = self.reload.take() else { return };
+        log::info!(
+            "reload complete in {} ms: generation {} serving; retiring \
+             generation {}",
+            r.started.elapsed().as_millis(),
+            self.generation,
+            r.from
+        );
+        for l in r.previous_listeners {
+            if !self.listeners.iter().any(|n| Rc::ptr_eq(n, &l)) {
+                self.retired.push(l);
+            }
+        }
+        self.systemd
+            .notify(&format!("READY=1\nSTATUS={}", self.status()));
+        if std::mem::take(&mut self.reload_queued) {
+            self.start_reload();
+        }
+    }
+
+    /// The new generation cannot boot: kill it, go back.
+    pub(super) fn abandon_reload(&mut self, reason: &str) {
+        let Some(r) = self.reload.take() else { return };
+        log::error!(
+            "reload to generation {} failed: {reason}; generation {} keeps \
+             serving",
+            self.generation,
+            r.from
+        );
+        for w in &mut self.workers {
+            if w.generation == self.generation && !w.is_stopping() {
+                signal_group(w.pid, Signal::SIGKILL);
+                w.state = State::Stopping {
+                    why: Stop::Quit,
+                    kill_at: None,
+                };
+            }
+        }
+        let failed =
+            std::mem::replace(&mut self.listeners, r.previous_listeners);
+        for l in failed {
+            if !self.listeners.iter().any(|o| Rc::ptr_eq(o, &l))
+                && Rc::strong_count(&l) == 1
+            {
+                l.unlink();
+            }
+        }
+        self.cfg = r.previous;
+        self.generation = r.from;
+        self.desired = self.cfg.workers;
+        self.systemd.notify(&format!(
+            "READY=1\nSTATUS=reload failed: {}",
+            one_line(reason)
+        ));
+        if std::mem::take(&mut self.reload_queued) {
+            self.start_reload();
+        }
+    }
+
+    /// Whether a failure of a worker of `generation` abandons a reload.
+    pub(super) fn reload_failing(&self, generation: u64) -> bool {
+        self.reload.is_some() && generation == self.generation
+    }
+
+    /// Closes listeners a reload removed once no worker that had them
+    /// is left (invariant 1: never closed while a generation serves it).
+    pub(super) fn close_retired(&mut self) {
+        if self.retired.is_empty()
+            || self.workers.iter().any(|w| w.generation < self.generation)
+        {
+            return;
+        }
+        for l in std::mem::take(&mut self.retired) {
+            if Rc::strong_count(&l) == 1 {
+                l.unlink();
+            }
+            log::info!("closed {} ({}): no longer bound", l.local, l.name);
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// CLOCK_MONOTONIC in microseconds, for `MONOTONIC_USEC=` (systemd's
+/// notify-reload wants it with RELOADING=1).
+pub(super) fn monotonic_usec() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1000)
+        .unwrap_or(0)
+}

@@ -1,0 +1,467 @@
+//! USR2: the binary upgrade (SPEC section 7), on both sides.
+//!
+//! Old master: fork, and exec the executable path recorded at start with
+//! the original argv and cwd, the listeners at fds 3.. and a ready pipe
+//! after them (`handoff`). The new master is `Spawned` until it writes
+//! its ready byte (`Ready`); EOF, its death or `--boot-timeout` first
+//! means the upgrade failed and this master carries on. A TERM that
+//! arrives while the new master boots is held until the outcome.
+//! Retirement (TERM, or at once with `--auto-retire on`) hands over:
+//! `MAINPID=<new>` to systemd, then a barrier, then a graceful drain
+//! without `STOPPING=1`, then exit 0.
+//!
+//! New master: `Role::Successor` until its predecessor is gone. It
+//! watches the old master with a pidfd, so promotion happens the moment
+//! the old master exits: no tick, no polling getppid.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::{Exit, Master, Phase, read_byte, workers::describe};
+use crate::handoff::{self, Predecessor};
+use crate::pidfile;
+use crate::sys::{self, Fork};
+
+/// Which master this is.
+pub enum Role {
+    Master,
+    /// Started by USR2; `pidfd` becomes readable when the old master
+    /// exits; `ready` is the pipe to write the ready byte to.
+    Successor {
+        old: Pid,
+        pidfd: Option<OwnedFd>,
+        ready: Option<OwnedFd>,
+    },
+}
+
+impl Role {
+    pub fn from_env(p: Option<&Predecessor>) -> Result<Role> {
+        let Some(p) = p else { return Ok(Role::Master) };
+        let ready = match p.ready_fd {
+            Some(fd) => Some(sys::adopt_inherited(fd).with_context(|| {
+                format!("{}={fd}: not open", handoff::UPGRADER_READY_FD)
+            })?),
+            None => None,
+        };
+        if let Some(r) = &ready {
+            fcntl(r, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .context("ready fd")?;
+        }
+        // ESRCH: the old master is already gone; promotion follows at
+        // once (check_predecessor).
+        let pidfd = sys::pidfd_open(p.pid).ok();
+        Ok(Role::Successor {
+            old: p.pid,
+            pidfd,
+            ready,
+        })
+    }
+
+    pub fn is_successor(&self) -> bool {
+        matches!(self, Role::Successor { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Successor { .. } => "new master",
+        }
+    }
+
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Role::Successor {
+                pidfd: Some(fd), ..
+            } => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+/// The old master's view of an upgrade.
+pub enum Upgrade {
+    Idle,
+    Spawned {
+        child: Pid,
+        ready: Option<OwnedFd>,
+        errors: OwnedFd,
+        deadline: Instant,
+        /// A TERM arrived meanwhile: retire if it succeeds, stop if not.
+        term_held: bool,
+        /// Why it failed, once known (logged when the child is reaped).
+        failure: Option<String>,
+        started: Instant,
+    },
+    Ready {
+        child: Pid,
+    },
+}
+
+impl Upgrade {
+    pub fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Upgrade::Spawned { ready: Some(r), .. } => Some(r.as_fd()),
+            _ => None,
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Upgrade::Spawned {
+                deadline,
+                failure: None,
+                ..
+            } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    fn child(&self) -> Option<Pid> {
+        match self {
+            Upgrade::Idle => None,
+            Upgrade::Spawned { child, .. } | Upgrade::Ready { child } => {
+                Some(*child)
+            }
+        }
+    }
+}
+
+impl Master {
+    pub(super) fn handle_upgrade(&mut self) {
+        if let Role::Successor { old, .. } = self.role {
+            log::warn!(
+                "USR2 ignored: not promoted yet (old master {old} still runs)"
+            );
+            return;
+        }
+        if let Some(child) = self.upgrade.child() {
+            log::warn!("USR2 ignored: new master {child} exists");
+            return;
+        }
+        if !matches!(self.phase, Phase::Running) {
+            log::warn!("USR2 ignored: stopping");
+            return;
+        }
+        match self.reexec() {
+            Ok(()) => {}
+            Err(e) => log::error!("upgrade failed: {e:#}"),
+        }
+    }
+
+    /// Forks and execs the new master.
+    fn reexec(&mut self) -> Result<()> {
+        let inv = &self.invocation;
+        let names: Vec<&str> =
+            self.listeners.iter().map(|l| l.name.as_str()).collect();
+        let mut env: Vec<(OsString, OsString)> = self
+            .base_env
+            .iter()
+            .filter(|(k, _)| !handoff::is_handoff_var(k))
+            .cloned()
+            .collect();
+        env.extend(handoff::encode(&names, self.me));
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone();
+                kv.push("=");
+                kv.push(v);
+                cstring(&kv)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let argv = inv
+            .argv
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<Result<Vec<_>>>()?;
+        let mut image = sys::ExecImage::new(
+            cstring(inv.exe.as_os_str())?,
+            argv,
+            envp,
+            &[],
+        )
+        .for_successor(cstring(inv.cwd.as_os_str())?);
+        let (ready_r, ready_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let mut fds: Vec<RawFd> =
+            self.listeners.iter().map(|l| l.raw()).collect();
+        fds.push(ready_w.as_raw_fd());
+        log::info!(
+            "USR2: starting new master {} with {} listeners",
+            inv.exe.display(),
+            self.listeners.len()
+        );
+        let child = match sys::fork().context("fork")? {
+            Fork::Child => image.exec(&fds, err_w.as_raw_fd()),
+            Fork::Parent(pid) => pid,
+        };
+        drop(ready_w);
+        drop(err_w);
+        for fd in [&ready_r, &err_r] {
+            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("pipe")?;
+        }
+        log::info!("USR2: new master {child} spawned");
+        self.upgrade = Upgrade::Spawned {
+            child,
+            ready: Some(ready_r),
+            errors: err_r,
+            deadline: Instant::now() + self.cfg.boot_timeout,
+            term_held: false,
+            failure: None,
+            started: Instant::now(),
+        };
+        self.systemd
+            .notify(&format!("STATUS=upgrading: new master {child} booting"));
+        Ok(())
+    }
+
+    /// The ready pipe: a byte (ready) or EOF (it died first).
+    pub(super) fn on_successor_readable(&mut self) {
+        let Upgrade::Spawned {
+            child,
+            ready,
+            term_held,
+            failure,
+            started,
+            ..
+        } = &mut self.upgrade
+        else {
+            return;
+        };
+        let Some(fd) = ready else { return };
+        match read_byte(fd) {
+            None => {}
+            Some(true) => {
+                let (child, held) = (*child, *term_held);
+                log::info!(
+                    "upgrade: new master {child} ready in {} ms",
+                    started.elapsed().as_millis()
+                );
+                self.upgrade = Upgrade::Ready { child };
+                self.systemd.notify(&format!(
+                    "STATUS=upgrade: new master {child} ready"
+                ));
+                if held || self.cfg.auto_retire {
+                    self.retire(true);
+                }
+            }
+            Some(false) => {
+                *ready = None;
+                failure.get_or_insert_with(|| {
+                    "exited before it was ready".to_string()
+                });
+            }
+        }
+    }
+
+    /// The deadline of a booting new master passed.
+    pub(super) fn upgrade_timers(&mut self, now: Instant) {
+        if let Upgrade::Spawned {
+            child,
+            deadline,
+            failure,
+            ..
+        } = &mut self.upgrade
+            && failure.is_none()
+            && *deadline <= now
+        {
+            *failure =
+                Some(format!("not ready within {:?}", self.cfg.boot_timeout));
+            let _ = kill(*child, Signal::SIGKILL);
+        }
+    }
+
+    /// A stop while a new master exists: held while it boots, a
+    /// retirement once it is ready. Returns whether it was handled.
+    pub(super) fn stop_is_retirement(&mut self, graceful: bool) -> bool {
+        match &mut self.upgrade {
+            Upgrade::Spawned {
+                child, term_held, ..
+            } if graceful => {
+                if !*term_held {
+                    log::info!(
+                        "TERM held until new master {child} is ready or fails"
+                    );
+                }
+                *term_held = true;
+                true
+            }
+            Upgrade::Ready { .. } => {
+                if matches!(self.phase, Phase::Running) {
+                    self.retire(graceful);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands over to the ready new master and drains.
+    fn retire(&mut self, graceful: bool) {
+        let Upgrade::Ready { child } = self.upgrade else {
+            return;
+        };
+        log::info!("retiring: new master {child} takes over");
+        if self.systemd.enabled() {
+            // Still the main pid, so NotifyAccess=main accepts this;
+            // never STOPPING=1 here, which would stop the whole unit.
+            self.systemd.notify(&format!(
+                "MAINPID={child}\nSTATUS=handing over to new master {child}"
+            ));
+            if let Err(e) = self.systemd.barrier(Duration::from_secs(5)) {
+                log::warn!("sd_notify barrier: {e:#}");
+            }
+        }
+        self.handed_over = true;
+        self.stop_all(
+            graceful,
+            Exit {
+                code: 0,
+                reason: None,
+            },
+        );
+    }
+
+    /// Reaped a child that is not a worker: maybe the new master.
+    pub(super) fn successor_reaped(
+        &mut self,
+        pid: Pid,
+        status: WaitStatus,
+    ) -> bool {
+        if self.upgrade.child() != Some(pid) {
+            return false;
+        }
+        let what = describe(status);
+        match std::mem::replace(&mut self.upgrade, Upgrade::Idle) {
+            Upgrade::Spawned {
+                errors,
+                term_held,
+                failure,
+                ..
+            } => {
+                let why = exec_errno(&errors)
+                    .map(|e| {
+                        format!(
+                            "exec {}: {}",
+                            self.invocation.exe.display(),
+                            e
+                        )
+                    })
+                    .or(failure)
+                    .unwrap_or_else(|| "exited before it was ready".into());
+                log::error!(
+                    "upgrade failed: new master {pid} {why} ({what}); this \
+                     master carries on"
+                );
+                self.systemd.notify(&format!(
+                    "STATUS=upgrade failed: new master {pid} {what}"
+                ));
+                if let Some(p) = &self.cfg.pidfile {
+                    pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
+                }
+                if term_held {
+                    self.handle_stop(true);
+                }
+            }
+            Upgrade::Ready { .. } => {
+                if self.handed_over {
+                    log::info!("new master {pid} {what}");
+                } else {
+                    log::error!(
+                        "new master {pid} {what} before retirement; this \
+                         master carries on"
+                    );
+                    if let Some(p) = &self.cfg.pidfile {
+                        pidfile::remove_if_ours(
+                            &pidfile::sibling(p, ".2"),
+                            pid,
+                        );
+                    }
+                }
+            }
+            Upgrade::Idle => {}
+        }
+        true
+    }
+
+    /// New master: serving. Write `<pidfile>.2` (its appearance means
+    /// "safe to retire the old one"), then the ready byte.
+    pub(super) fn successor_serving(&mut self) {
+        if let Some(p) = &self.cfg.pidfile
+            && let Err(e) = pidfile::write(&pidfile::sibling(p, ".2"), self.me)
+        {
+            log::error!("{e:#}");
+        }
+        if let Role::Successor { ready, .. } = &mut self.role
+            && let Some(fd) = ready.take()
+            && let Err(e) = nix::unistd::write(&fd, b"1")
+        {
+            log::error!("ready byte: {}", e.desc());
+        }
+    }
+
+    /// New master: promoted once the old master is gone (compared with
+    /// its pid, not with 1: under a subreaper the new parent is not
+    /// init).
+    pub(super) fn check_predecessor(&mut self) {
+        let Role::Successor { old, pidfd, .. } = &self.role else {
+            return;
+        };
+        let gone = match pidfd {
+            // Readable means exited.
+            Some(fd) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+                    || nix::unistd::getppid() != *old
+            }
+            None => nix::unistd::getppid() != *old,
+        };
+        if !gone {
+            return;
+        }
+        let old = *old;
+        self.role = Role::Master;
+        crate::logging::set_role(format!("master[{}]", self.me));
+        if let Some(p) = &self.cfg.pidfile {
+            let p2 = pidfile::sibling(p, ".2");
+            if p2.exists()
+                && let Err(e) = pidfile::rename(&p2, p)
+            {
+                log::error!("{e:#}");
+            }
+        }
+        log::info!("promoted: old master {old} is gone");
+        if self.ever_ready {
+            self.systemd
+                .notify(&format!("READY=1\nSTATUS={}", self.status()));
+        }
+    }
+}
+
+fn cstring(s: &OsStr) -> Result<CString> {
+    CString::new(s.as_bytes())
+        .with_context(|| format!("{s:?} contains a NUL byte"))
+}
+
+/// The errno a failed execve left on the error pipe, as text.
+fn exec_errno(fd: &OwnedFd) -> Option<String> {
+    let mut buf = [0u8; 4];
+    match nix::unistd::read(fd, &mut buf) {
+        Ok(4) => {
+            let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
+            Some(e.desc().to_string())
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,421 @@
+//! The master's dealings with its workers: relaying their output,
+//! reaping and judging their exits, firing their timers (readiness by
+//! delay, boot deadlines, heartbeats, kill deadlines) and maintaining
+//! the pool's shape.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::{Exit, Master, Phase};
+use crate::cli::ReadyMode;
+use crate::config::{Config, WorkerKind};
+use crate::pool::{self, Due, State, Stop, Worker};
+use crate::spawn;
+
+impl Master {
+    /// Relays an exec worker's output into the log, line by line, and
+    /// keeps the last lines for failure reports.
+    pub(super) fn relay(&mut self, pid: Pid, to_eof: bool) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        let Some(fd) = &w.output else { return };
+        let mut buf = [0u8; 8192];
+        let mut eof = false;
+        // Bounded per round so one chatty worker cannot starve the loop.
+        for _ in 0..if to_eof { usize::MAX } else { 8 } {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => w.partial.extend_from_slice(&buf[..n]),
+                Err(Errno::EINTR) => continue,
+                Err(_) => break, // EAGAIN: all read for now
+            }
+        }
+        let role = w.role();
+        while let Some(nl) = w.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = w.partial.drain(..=nl).collect();
+            emit(&role, &mut w.tail, &line[..line.len() - 1]);
+        }
+        if w.partial.len() > 4096 || (eof && !w.partial.is_empty()) {
+            let line = std::mem::take(&mut w.partial);
+            emit(&role, &mut w.tail, &line);
+        }
+        if eof {
+            w.output = None;
+        }
+    }
+
+    /// Collects every dead child (signals coalesce: one SIGCHLD may
+    /// stand for many exits).
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        self.reaped(pid, status);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("waitpid: {}", e.desc());
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn reaped(&mut self, pid: Pid, status: WaitStatus) {
+        if self.successor_reaped(pid, status) {
+            return;
+        }
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            log::debug!(
+                "reaped pid {pid} ({}): not a worker",
+                describe(status)
+            );
+            return;
+        };
+        self.relay(pid, true);
+        let w = self.workers.remove(i);
+        let now = Instant::now();
+        let what = describe(status);
+        let exec_error = exec_error(&w, &self.cfg);
+        match (w.state, exec_error) {
+            (_, Some(reason)) => {
+                // The whole reason: "exec ./app: No such file or
+                // directory" says it all.
+                self.boot_failed(&w, 3, reason.clone(), reason)
+            }
+            (
+                State::Stopping {
+                    why: Stop::BootTimeout,
+                    ..
+                },
+                _,
+            ) => {
+                let reason = format!(
+                    "{} was not ready within {:?} ({what})",
+                    w.role(),
+                    self.cfg.boot_timeout
+                );
+                let reason = with_tail(reason, &w);
+                let line = format!("workers failed to boot: {reason}");
+                self.boot_failed(&w, 3, reason, line);
+            }
+            (State::Booting { .. }, _) => {
+                let code = boot_code(status);
+                let reason =
+                    format!("{} {what} before it was ready", w.role());
+                let reason = with_tail(reason, &w);
+                let line = format!("workers failed to boot: {reason}");
+                self.boot_failed(&w, code, reason, line);
+            }
+            (
+                State::Stopping {
+                    why: Stop::Late, ..
+                },
+                _,
+            ) => {
+                log::error!("{} {what} after its timeout", w.role());
+                self.failed(&w, now);
+            }
+            (State::Stopping { .. }, _) => {
+                log::info!("{} {what}", w.role());
+            }
+            (State::Ready { since, .. }, _) => {
+                let quiet = matches!(status, WaitStatus::Exited(_, 0))
+                    && now.duration_since(since) >= Duration::from_secs(1);
+                if quiet {
+                    log::info!("{} {what}", w.role());
+                } else {
+                    let hint = if matches!(
+                        status,
+                        WaitStatus::Signaled(_, Signal::SIGKILL, _)
+                    ) {
+                        " (not by upgrader: out of memory?)"
+                    } else {
+                        ""
+                    };
+                    log::error!("{} {what}{hint}", w.role());
+                    if let Some(l) = w.tail.last() {
+                        log::error!("{} last output: {l}", w.role());
+                    }
+                    self.failed(&w, now);
+                }
+            }
+        }
+    }
+
+    /// A worker that could not boot: before the first generation was
+    /// ready this halts the master (exit 3, or 4 when the app said it
+    /// cannot load); later it is a failure in the backoff streak.
+    /// `line` is the one-line reason the master exits with.
+    pub(super) fn boot_failed(
+        &mut self,
+        w: &Worker,
+        code: u8,
+        reason: String,
+        line: String,
+    ) {
+        log::error!("{reason}");
+        if self.reload_failing(w.generation) {
+            self.abandon_reload(&reason);
+            return;
+        }
+        if self.ever_ready {
+            self.failed(w, Instant::now());
+            return;
+        }
+        match &mut self.phase {
+            Phase::Stopping { exit, .. } if exit.code != 0 => {
+                if code == 4 && exit.code == 3 {
+                    exit.code = 4; // "4 wins over 3"
+                }
+            }
+            _ => {
+                log::error!("halting: workers failed to boot");
+                self.systemd.notify("STATUS=halted: workers failed to boot");
+                let exit = Exit {
+                    code,
+                    reason: Some(line),
+                };
+                self.stop_all(false, exit);
+            }
+        }
+    }
+
+    /// Counts a failed worker and sets the respawn backoff.
+    pub(super) fn failed(&mut self, w: &Worker, now: Instant) {
+        let stable = match w.state {
+            State::Ready { since, .. } => {
+                now.duration_since(since) >= pool::STABLE
+            }
+            _ => false,
+        };
+        self.failures = if stable { 1 } else { self.failures + 1 };
+        let delay = pool::backoff(self.failures);
+        if !delay.is_zero() {
+            log::warn!(
+                "{} worker failures in a row: next spawn in {} ms",
+                self.failures,
+                delay.as_millis()
+            );
+            self.respawn_at = Some(now + delay);
+        }
+    }
+
+    /// Fires every due timer: readiness by delay, boot deadlines,
+    /// heartbeats (murder), kill deadlines, the master's own watchdog.
+    pub(super) fn timers(&mut self, now: Instant) {
+        let timeout = self.cfg.timeout;
+        let mut newly_ready = Vec::new();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            match pool::due(w, now) {
+                None => {}
+                Some(Due::Ready) => {
+                    w.state = State::Ready {
+                        since: now,
+                        beat_by: timeout.map(|t| now + t),
+                    };
+                    newly_ready.push(i);
+                }
+                Some(Due::BootTimeout) => {
+                    log::error!(
+                        "{} not ready after {:?}: SIGKILL",
+                        w.role(),
+                        self.cfg.boot_timeout
+                    );
+                    signal_group(w.pid, Signal::SIGKILL);
+                    w.state = State::Stopping {
+                        why: Stop::BootTimeout,
+                        kill_at: None,
+                    };
+                }
+                Some(Due::Late) => {
+                    let sig = self.cfg.timeout_signal;
+                    let late = match w.state {
+                        State::Ready {
+                            beat_by: Some(b), ..
+                        } => now.saturating_duration_since(b),
+                        _ => Duration::ZERO,
+                    };
+                    log::error!(
+                        "{} timed out: no heartbeat for {:?} (+{} ms): {sig}",
+                        w.role(),
+                        timeout.unwrap_or_default(),
+                        late.as_millis()
+                    );
+                    signal_group(w.pid, sig);
+                    w.state = State::Stopping {
+                        why: Stop::Late,
+                        kill_at: Some(now + self.cfg.kill_after),
+                    };
+                }
+                Some(Due::Kill) => {
+                    log::warn!("{} still alive: SIGKILL", w.role());
+                    signal_group(w.pid, Signal::SIGKILL);
+                    if let State::Stopping { why, .. } = w.state {
+                        w.state = State::Stopping { why, kill_at: None };
+                    }
+                }
+            }
+        }
+        for i in newly_ready {
+            self.on_ready(i);
+        }
+        self.upgrade_timers(now);
+        if let Some((every, at)) = self.watchdog
+            && at <= now
+        {
+            self.systemd.notify("WATCHDOG=1");
+            self.watchdog = Some((every, now + every));
+        }
+    }
+
+    /// Carries out the pool plan: spawn what is missing, retire what is
+    /// too much or too old.
+    pub(super) fn maintain(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        self.close_retired();
+        let may_spawn = self.respawn_at.is_none_or(|t| t <= now);
+        let plan = pool::plan(
+            &self.workers,
+            self.desired,
+            self.generation,
+            may_spawn,
+        );
+        for pid in plan.retire {
+            if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                log::info!("retiring {}", w.role());
+                signal_group(pid, Signal::SIGTERM);
+                w.state = State::Stopping {
+                    why: Stop::Drain,
+                    kill_at: Some(now + self.cfg.graceful_timeout),
+                };
+            }
+        }
+        for _ in 0..plan.spawn {
+            if let Err(e) = self.spawn_one(now) {
+                log::error!("spawn: {e:#}");
+                self.respawn_at = Some(now + Duration::from_secs(1));
+                break;
+            }
+            self.respawn_at = None;
+        }
+    }
+
+    pub(super) fn spawn_one(&mut self, now: Instant) -> Result<()> {
+        let listeners: Vec<(String, i32)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.raw()))
+            .collect();
+        let ctx = spawn::Setup {
+            master: self.me,
+            config: &self.cfg,
+            listeners: &listeners,
+            notify: self.notify.path(),
+            base_env: &self.base_env,
+            hooks: self.hooks,
+        };
+        let age = self.next_age + 1;
+        let s = spawn::spawn(&ctx, age, self.generation)?;
+        self.next_age = age;
+        let ready_at = match (&self.cfg.kind, self.cfg.ready) {
+            (WorkerKind::Exec { .. }, ReadyMode::Delay(d)) => Some(now + d),
+            _ => None,
+        };
+        let mut w = Worker::new(
+            s.pid,
+            age,
+            self.generation,
+            State::Booting {
+                ready_by: now + self.cfg.boot_timeout,
+                ready_at,
+            },
+        );
+        w.is_exec = s.output.is_some();
+        w.output = s.output;
+        w.exec_errors = s.exec_errors;
+        log::info!("spawned {}", w.role());
+        self.workers.push(w);
+        Ok(())
+    }
+}
+
+fn emit(role: &str, tail: &mut pool::Tail, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    log::info!(target: crate::logging::RELAY, "{role}: {text}");
+    tail.push(text);
+}
+
+/// Signals a worker's whole process group (its children go too).
+pub(super) fn signal_group(pid: Pid, sig: Signal) {
+    if let Err(e) = killpg(pid, sig)
+        && e != Errno::ESRCH
+    {
+        log::warn!("kill -{sig} -{pid}: {}", e.desc());
+    }
+}
+
+/// "exited with status 1", "killed by SIGKILL".
+pub fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, c) => format!("exited with status {c}"),
+        WaitStatus::Signaled(_, s, core) => {
+            format!(
+                "killed by {s}{}",
+                if core { " (core dumped)" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The status a boot failure halts the master with: 4 when the app
+/// said it cannot load (gunicorn's APP_LOAD_ERROR), else 3.
+fn boot_code(status: WaitStatus) -> u8 {
+    match status {
+        WaitStatus::Exited(_, 4) => 4,
+        _ => 3,
+    }
+}
+
+fn with_tail(reason: String, w: &Worker) -> String {
+    match w.tail.last() {
+        Some(l) => format!("{reason}; last output: {l}"),
+        None => reason,
+    }
+}
+
+/// The reason an exec worker's program could not be executed, if that
+/// is what happened (its errno came back on the pipe).
+fn exec_error(w: &Worker, cfg: &Config) -> Option<String> {
+    let fd = w.exec_errors.as_ref()?;
+    let mut buf = [0u8; 4];
+    match nix::unistd::read(fd, &mut buf) {
+        Ok(4) => {
+            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
+            let program = match &cfg.kind {
+                WorkerKind::Exec { program, .. } => {
+                    program.display().to_string()
+                }
+                WorkerKind::BuiltIn => "worker".into(),
+            };
+            Some(format!("exec {program}: {}", errno.desc()))
+        }
+        _ => None,
+    }
+}
