@@ -13,6 +13,7 @@ mod sys;
 
 mod cli;
 mod config;
+mod control;
 mod handoff;
 mod http;
 mod listeners;
@@ -84,6 +85,30 @@ fn clap_exit(e: clap::Error) -> ExitCode {
     }
 }
 
+/// `upgrader -s VERB`: 0 done, 1 failed, 2 usage.
+fn control_command(
+    verb: &str,
+    cli: &Options,
+    cfg: &Config,
+) -> Result<u8, Failure> {
+    let verb: control::Verb = verb
+        .parse()
+        .map_err(|e: String| usage(anyhow::anyhow!(e)))?;
+    let Some(pidfile) = &cfg.pidfile else {
+        return Err(usage(anyhow::anyhow!(
+            "-s needs the master's pidfile: --pid FILE, or -c FILE with a pid \
+             key"
+        )));
+    };
+    let wait = cli
+        .wait
+        .map(|w| w.0)
+        .unwrap_or(cfg.graceful_timeout + cfg.boot_timeout);
+    let out = control::run(verb, pidfile, wait, cli.json).map_err(runtime)?;
+    println!("{out}");
+    Ok(0)
+}
+
 fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     let facts = Facts {
         under_systemd: env.notify_socket.is_some(),
@@ -94,9 +119,7 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         return Ok(0);
     }
     if let Some(verb) = &cli.control {
-        return Err(usage(anyhow::anyhow!(
-            "-s {verb}: control commands are not implemented yet"
-        )));
+        return control_command(verb, &cli, &cfg);
     }
     logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
         .map_err(runtime)?;

@@ -82,6 +82,10 @@ pub struct Worker {
     pub status: Option<String>,
     /// An exec worker (keeper + app), not a built-in one.
     pub is_exec: bool,
+    /// When its last `WATCHDOG=1` came, and the request count a
+    /// built-in worker reports with it (`X_REQUESTS=`).
+    pub last_beat: Option<Instant>,
+    pub requests: Option<u64>,
 }
 
 impl Worker {
@@ -98,6 +102,8 @@ impl Worker {
             exec_errors: None,
             status: None,
             is_exec: false,
+            last_beat: None,
+            requests: None,
         }
     }
 

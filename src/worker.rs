@@ -138,7 +138,7 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
                     version: env!("CARGO_PKG_VERSION"),
                 };
                 handle(conn, &info, p, &mut buf);
-                beat.maybe_send(&notify, Instant::now());
+                beat.maybe_send(&notify, Instant::now(), served);
                 if p.max_requests > 0 && served >= p.max_requests {
                     log::info!("served {served} requests: restarting");
                     notify.send("STOPPING=1");
@@ -146,7 +146,7 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
                 }
             }
         }
-        beat.maybe_send(&notify, Instant::now());
+        beat.maybe_send(&notify, Instant::now(), served);
     }
 }
 
@@ -372,11 +372,11 @@ impl Heartbeat {
         }
     }
 
-    fn maybe_send(&mut self, n: &Notifier, now: Instant) {
+    fn maybe_send(&mut self, n: &Notifier, now: Instant, served: u64) {
         if let Some(every) = self.every
             && now >= self.next
         {
-            n.send("WATCHDOG=1");
+            n.send(&format!("WATCHDOG=1\nX_REQUESTS={served}"));
             self.next = now + every;
         }
     }

@@ -13,12 +13,15 @@
 //! Submodules hold the rest of `impl Master`: `workers` (reap, timers,
 //! maintain), `reload` (HUP), `upgrade` (USR2, retirement, promotion).
 
+mod control;
 mod reload;
 mod upgrade;
 mod workers;
 
+pub use control::socket_name as control_socket_name;
+
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,8 @@ struct Readable {
     notify: bool,
     successor_ready: bool,
     predecessor_gone: bool,
+    control: bool,
+    clients: Vec<usize>,
     outputs: Vec<Pid>,
 }
 
@@ -74,6 +79,8 @@ enum Source {
     Notify,
     SuccessorReady,
     PredecessorGone,
+    Control,
+    Client(usize),
     Output(Pid),
 }
 
@@ -113,6 +120,14 @@ pub struct Master {
     upgrade: upgrade::Upgrade,
     /// A successor inherited the listeners: do not unlink them.
     handed_over: bool,
+    /// `upgrader -s`: the control socket and its clients.
+    control: Option<std::os::unix::net::UnixListener>,
+    clients: Vec<control::Client>,
+    /// How the last reload (to a generation) and upgrade ended, for
+    /// waiting control clients.
+    reload_outcome: Option<(u64, Result<(), String>)>,
+    upgrade_outcome: Option<Result<(), String>>,
+    started: Instant,
 }
 
 /// What `Master::new` needs from start-up.
@@ -131,6 +146,13 @@ impl Master {
         let notify = notify::Server::bind(p.cfg.credentials.uid)?;
         let now = Instant::now();
         let role = Role::from_env(p.env.predecessor.as_ref())?;
+        let control = match control::bind(std::process::id()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("{e:#}: upgrader -s will not reach this master");
+                None
+            }
+        };
         Ok(Master {
             desired: p.cfg.workers,
             cli: p.cli,
@@ -159,6 +181,11 @@ impl Master {
             reload_queued: false,
             upgrade: upgrade::Upgrade::Idle,
             handed_over: false,
+            control,
+            clients: Vec::new(),
+            reload_outcome: None,
+            upgrade_outcome: None,
+            started: now,
         })
     }
 
@@ -184,7 +211,7 @@ impl Master {
             let now = Instant::now();
             self.maintain(now);
             if let Some(exit) = self.finished() {
-                self.cleanup();
+                self.cleanup(&exit);
                 return Ok(exit);
             }
             let ready = self.wait(now)?;
@@ -204,11 +231,18 @@ impl Master {
             if ready.successor_ready {
                 self.on_successor_readable();
             }
+            if ready.control {
+                self.control_accept();
+            }
+            for i in ready.clients {
+                self.control_read(i);
+            }
             self.reap();
             if ready.predecessor_gone {
                 self.check_predecessor();
             }
             self.timers(Instant::now());
+            self.control_settle();
         }
     }
 
@@ -236,6 +270,12 @@ impl Master {
         if let Some(fd) = self.role.pidfd() {
             srcs.push((fd, Source::PredecessorGone));
         }
+        if let Some(l) = &self.control {
+            srcs.push((l.as_fd(), Source::Control));
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            srcs.push((c.fd(), Source::Client(i)));
+        }
         for w in &self.workers {
             if let Some(o) = &w.output {
                 srcs.push((o.as_fd(), Source::Output(w.pid)));
@@ -259,6 +299,8 @@ impl Master {
                 Source::Notify => r.notify = true,
                 Source::SuccessorReady => r.successor_ready = true,
                 Source::PredecessorGone => r.predecessor_gone = true,
+                Source::Control => r.control = true,
+                Source::Client(i) => r.clients.push(i),
                 Source::Output(pid) => r.outputs.push(pid),
             }
         }
@@ -416,7 +458,9 @@ impl Master {
                     self.on_ready(i);
                 }
             }
+            ("X_REQUESTS", n) => w.requests = n.parse().ok(),
             ("WATCHDOG", "1") => {
+                w.last_beat = Some(now);
                 if let State::Ready {
                     since,
                     beat_by: Some(_),
@@ -506,7 +550,18 @@ impl Master {
         }
     }
 
-    fn cleanup(&mut self) {
+    fn cleanup(&mut self, exit: &Exit) {
+        // A new master that could not serve tells its predecessor why,
+        // on the ready pipe, so the failure is reported with its cause.
+        if let (
+            Role::Successor {
+                ready: Some(fd), ..
+            },
+            Some(reason),
+        ) = (&self.role, &exit.reason)
+        {
+            let _ = nix::unistd::write(fd, format!("!{reason}").as_bytes());
+        }
         if let Some(p) = &self.cfg.pidfile {
             if self.role.is_successor() {
                 let p2 = crate::pidfile::sibling(p, ".2");
@@ -524,16 +579,5 @@ impl Master {
         self.notify.remove();
         let _ = (&self.cli, &self.facts);
         log::info!("master exiting");
-    }
-}
-
-/// Reads one byte or EOF from a non-blocking pipe.
-fn read_byte(fd: &OwnedFd) -> Option<bool> {
-    let mut b = [0u8; 1];
-    match nix::unistd::read(fd, &mut b) {
-        Ok(0) => Some(false),
-        Ok(_) => Some(true),
-        Err(Errno::EAGAIN | Errno::EINTR) => None,
-        Err(_) => Some(false),
     }
 }

@@ -25,16 +25,28 @@ pub(super) struct Reload {
 
 impl Master {
     pub(super) fn handle_reload(&mut self) {
+        let _ = self.request_reload();
+    }
+
+    /// Starts (or queues) a reload; returns the generation it will
+    /// bring, or why it cannot.
+    pub(super) fn request_reload(&mut self) -> Result<u64, String> {
+        if !matches!(self.phase, super::Phase::Running) {
+            log::warn!("HUP ignored: stopping");
+            return Err("the master is stopping".into());
+        }
         if self.reload.is_some() {
             log::info!("HUP: a reload is in flight; queued");
             self.reload_queued = true;
-            return;
-        }
-        if !matches!(self.phase, super::Phase::Running) {
-            log::warn!("HUP ignored: stopping");
-            return;
+            return Ok(self.last_generation + 1);
         }
         self.start_reload();
+        match &self.reload_outcome {
+            Some((t, Err(e))) if *t == self.last_generation + 1 => {
+                Err(e.clone())
+            }
+            _ => Ok(self.generation),
+        }
     }
 
     fn start_reload(&mut self) {
@@ -57,6 +69,13 @@ impl Master {
                     "reload rejected: {e:#}; generation {} keeps serving",
                     self.generation
                 );
+                self.reload_outcome = Some((
+                    self.last_generation + 1,
+                    Err(format!(
+                        "reload rejected: {}",
+                        one_line(&format!("{e:#}"))
+                    )),
+                ));
                 self.systemd.notify(&format!(
                     "READY=1\nSTATUS=reload rejected: {}",
                     one_line(&format!("{e:#}"))
@@ -124,6 +143,14 @@ impl Master {
             self.generation,
             r.from
         );
+        self.reload_outcome = Some((
+            self.generation,
+            Err(format!(
+                "reload to generation {} failed: {}",
+                self.generation,
+                one_line(reason)
+            )),
+        ));
         for w in &mut self.workers {
             if w.generation == self.generation && !w.is_stopping() {
                 signal_group(w.pid, Signal::SIGKILL);

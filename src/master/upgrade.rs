@@ -25,7 +25,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::{Exit, Master, Phase, read_byte, workers::describe};
+use super::{Exit, Master, Phase, workers::describe};
 use crate::handoff::{self, Predecessor};
 use crate::pidfile;
 use crate::sys::{self, Fork};
@@ -96,6 +96,8 @@ pub enum Upgrade {
         deadline: Instant,
         /// A TERM arrived meanwhile: retire if it succeeds, stop if not.
         term_held: bool,
+        /// `upgrader -s upgrade`: retire if it succeeds (and only then).
+        retire_when_ready: bool,
         /// Why it failed, once known (logged when the child is reaped).
         failure: Option<String>,
         started: Instant,
@@ -136,24 +138,44 @@ impl Upgrade {
 
 impl Master {
     pub(super) fn handle_upgrade(&mut self) {
-        if let Role::Successor { old, .. } = self.role {
-            log::warn!(
+        let _ = self.start_upgrade();
+    }
+
+    /// `upgrader -s upgrade`: an upgrade that also retires this master
+    /// once the new one is ready (the TERM of the manual procedure).
+    pub(super) fn request_upgrade(&mut self) -> Result<(), String> {
+        self.start_upgrade()?;
+        if let Upgrade::Spawned {
+            retire_when_ready, ..
+        } = &mut self.upgrade
+        {
+            *retire_when_ready = true;
+        }
+        Ok(())
+    }
+
+    fn start_upgrade(&mut self) -> Result<(), String> {
+        let refused = if let Role::Successor { old, .. } = self.role {
+            Some(format!(
                 "USR2 ignored: not promoted yet (old master {old} still runs)"
-            );
-            return;
+            ))
+        } else if let Some(child) = self.upgrade.child() {
+            Some(format!("USR2 ignored: new master {child} exists"))
+        } else if !matches!(self.phase, Phase::Running) {
+            Some("USR2 ignored: stopping".to_string())
+        } else {
+            None
+        };
+        if let Some(msg) = refused {
+            log::warn!("{msg}");
+            return Err(msg);
         }
-        if let Some(child) = self.upgrade.child() {
-            log::warn!("USR2 ignored: new master {child} exists");
-            return;
-        }
-        if !matches!(self.phase, Phase::Running) {
-            log::warn!("USR2 ignored: stopping");
-            return;
-        }
-        match self.reexec() {
-            Ok(()) => {}
-            Err(e) => log::error!("upgrade failed: {e:#}"),
-        }
+        self.upgrade_outcome = None;
+        self.reexec().map_err(|e| {
+            let msg = format!("upgrade failed: {e:#}");
+            log::error!("{msg}");
+            msg
+        })
     }
 
     /// Forks and execs the new master.
@@ -217,6 +239,7 @@ impl Master {
             errors: err_r,
             deadline: Instant::now() + self.cfg.boot_timeout,
             term_held: false,
+            retire_when_ready: false,
             failure: None,
             started: Instant::now(),
         };
@@ -231,6 +254,7 @@ impl Master {
             child,
             ready,
             term_held,
+            retire_when_ready,
             failure,
             started,
             ..
@@ -239,10 +263,23 @@ impl Master {
             return;
         };
         let Some(fd) = ready else { return };
-        match read_byte(fd) {
+        let mut buf = [0u8; 1024];
+        let got = match nix::unistd::read(&*fd, &mut buf) {
+            Ok(0) => Some(None),
+            Ok(n) => Some(Some(buf[..n].to_vec())),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => None,
+            Err(_) => Some(None),
+        };
+        match got {
             None => {}
-            Some(true) => {
-                let (child, held) = (*child, *term_held);
+            // "!reason": the new master halted and says why.
+            Some(Some(bytes)) if bytes.first() == Some(&b'!') => {
+                *ready = None;
+                let why = String::from_utf8_lossy(&bytes[1..]).into_owned();
+                *failure = Some(why);
+            }
+            Some(Some(_)) => {
+                let (child, held) = (*child, *term_held || *retire_when_ready);
                 log::info!(
                     "upgrade: new master {child} ready in {} ms",
                     started.elapsed().as_millis()
@@ -255,7 +292,7 @@ impl Master {
                     self.retire(true);
                 }
             }
-            Some(false) => {
+            Some(None) => {
                 *ready = None;
                 failure.get_or_insert_with(|| {
                     "exited before it was ready".to_string()
@@ -360,9 +397,12 @@ impl Master {
                     .or(failure)
                     .unwrap_or_else(|| "exited before it was ready".into());
                 log::error!(
-                    "upgrade failed: new master {pid} {why} ({what}); this \
+                    "upgrade failed: new master {pid} {what}: {why}; this \
                      master carries on"
                 );
+                self.upgrade_outcome = Some(Err(format!(
+                    "upgrade failed: new master {pid} {what}: {why}"
+                )));
                 self.systemd.notify(&format!(
                     "STATUS=upgrade failed: new master {pid} {what}"
                 ));
@@ -381,6 +421,9 @@ impl Master {
                         "new master {pid} {what} before retirement; this \
                          master carries on"
                     );
+                    self.upgrade_outcome = Some(Err(format!(
+                        "new master {pid} {what} before retirement"
+                    )));
                     if let Some(p) = &self.cfg.pidfile {
                         pidfile::remove_if_ours(
                             &pidfile::sibling(p, ".2"),

@@ -62,6 +62,12 @@ impl Lines {
         self.cond.notify_all();
     }
 
+    /// Every line (or datagram) so far, in order.
+    pub fn all(&self) -> Vec<String> {
+        let v = self.lines.lock().unwrap();
+        v.iter().map(|(_, l)| l.clone()).collect()
+    }
+
     pub fn text(&self) -> String {
         let v = self.lines.lock().unwrap();
         v.iter()
@@ -181,11 +187,7 @@ impl FakeSystemd {
 
     /// Every datagram so far, in order.
     pub fn seen(&self) -> Vec<String> {
-        self.messages
-            .text()
-            .split('\n')
-            .map(str::to_string)
-            .collect()
+        self.messages.all()
     }
 }
 

@@ -5,6 +5,8 @@
 
 mod harness;
 
+/// `upgrader -s`: synchronous control.
+mod control;
 /// Exec workers: the systemd hand-over, readiness, keepers.
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
@@ -17,5 +19,7 @@ mod serving;
 mod signals;
 /// Start-up, command line, bind errors, pidfile.
 mod startup;
+/// systemd: the notify sequence, MAINPID hand-off, socket activation.
+mod systemd;
 /// USR2: upgrade, retirement, promotion, failure, rollback.
 mod upgrade;

@@ -1,0 +1,303 @@
+//! The control socket behind `upgrader -s`: an abstract unix socket
+//! `@upgrader-control-<pid>` (found from the pid in the pidfile, nothing
+//! on disk to clean up), served from the master's own poll loop, open to
+//! root and the master's own user only (SO_PEERCRED).
+//!
+//! A client sends one line, a verb; the master answers `ok TEXT` or
+//! `error TEXT` when the act is complete or has failed, so scripts get
+//! an honest exit status. Waiting clients are parked until the event
+//! that settles them: a reload's outcome, an upgrade's outcome, or the
+//! master's exit (their connection simply closes).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{getsockopt, sockopt};
+
+use super::{Master, upgrade::Upgrade};
+use crate::pool::State;
+
+/// The abstract name of a master's control socket.
+pub fn socket_name(pid: u32) -> String {
+    format!("upgrader-control-{pid}")
+}
+
+pub(super) fn bind(pid: u32) -> Result<UnixListener> {
+    let addr = SocketAddr::from_abstract_name(socket_name(pid).as_bytes())
+        .context("control socket name")?;
+    let l = UnixListener::bind_addr(&addr)
+        .with_context(|| format!("control socket @{}", socket_name(pid)))?;
+    l.set_nonblocking(true).context("control socket")?;
+    Ok(l)
+}
+
+/// What a parked client waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// A request line.
+    Request,
+    /// The reload to this generation to settle.
+    Reload(u64),
+    /// The upgrade to settle.
+    Upgrade,
+    /// The master's exit (the connection closes).
+    Exit,
+}
+
+pub(super) struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    pub(super) wait: Wait,
+    done: bool,
+}
+
+impl Client {
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn answer(&mut self, ok: bool, text: &str) {
+        let line = format!("{} {}\n", if ok { "ok" } else { "error" }, text);
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.write_all(line.as_bytes());
+        self.done = true;
+    }
+}
+
+impl Master {
+    /// New connections on the control socket.
+    pub(super) fn control_accept(&mut self) {
+        let Some(l) = &self.control else { return };
+        while let Ok((stream, _)) = l.accept() {
+            let uid = getsockopt(&stream, sockopt::PeerCredentials)
+                .map(|c| c.uid())
+                .unwrap_or(u32::MAX);
+            if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+                log::warn!("control: refused a client of uid {uid}");
+                continue;
+            }
+            let _ = stream.set_nonblocking(true);
+            self.clients.push(Client {
+                stream,
+                buf: Vec::new(),
+                wait: Wait::Request,
+                done: false,
+            });
+        }
+    }
+
+    /// A client sent something (or hung up).
+    pub(super) fn control_read(&mut self, i: usize) {
+        let mut chunk = [0u8; 256];
+        let c = &mut self.clients[i];
+        match c.stream.read(&mut chunk) {
+            Ok(0) => {
+                c.done = true;
+                return;
+            }
+            Ok(n) if c.wait == Wait::Request => {
+                c.buf.extend_from_slice(&chunk[..n])
+            }
+            Ok(_) => return,
+            Err(_) => return,
+        }
+        if c.buf.len() > 128 {
+            c.answer(false, "request too long");
+            return;
+        }
+        let Some(nl) = c.buf.iter().position(|b| *b == b'\n') else {
+            return;
+        };
+        let verb = String::from_utf8_lossy(&c.buf[..nl]).trim().to_string();
+        log::info!("control: {verb}");
+        self.control_request(i, &verb);
+    }
+
+    fn control_request(&mut self, i: usize, verb: &str) {
+        match verb {
+            "status" => {
+                let text = self.status_text();
+                self.clients[i].answer(true, &text);
+            }
+            "status-json" => {
+                let text = self.status_json().to_string();
+                self.clients[i].answer(true, &text);
+            }
+            "reopen" => {
+                self.handle_reopen();
+                self.clients[i].answer(true, "reopened log files");
+            }
+            "stop" | "quit" => {
+                self.clients[i].wait = Wait::Exit;
+                self.handle_stop(verb == "stop");
+            }
+            "reload" => match self.request_reload() {
+                Ok(target) => self.clients[i].wait = Wait::Reload(target),
+                Err(e) => self.clients[i].answer(false, &e),
+            },
+            "upgrade" => match self.request_upgrade() {
+                Ok(()) => self.clients[i].wait = Wait::Upgrade,
+                Err(e) => self.clients[i].answer(false, &e),
+            },
+            other => {
+                let msg = format!("unknown request {other:?}");
+                self.clients[i].answer(false, &msg);
+            }
+        }
+    }
+
+    /// Answers parked clients whose event has happened; drops finished
+    /// connections. Called every round.
+    pub(super) fn control_settle(&mut self) {
+        let old_left = |m: &Master, target: u64| {
+            m.workers.iter().any(|w| w.generation < target)
+        };
+        for i in 0..self.clients.len() {
+            let wait = self.clients[i].wait;
+            match wait {
+                Wait::Reload(target) => {
+                    if let Some((t, Err(e))) = &self.reload_outcome
+                        && *t == target
+                    {
+                        let e = e.clone();
+                        self.clients[i].answer(false, &e);
+                    } else if self.generation == target
+                        && self.reload.is_none()
+                        && !old_left(self, target)
+                    {
+                        let text = format!(
+                            "reload complete: generation {target} serving"
+                        );
+                        self.clients[i].answer(true, &text);
+                    }
+                }
+                Wait::Upgrade => {
+                    match (&self.upgrade, &self.upgrade_outcome) {
+                        (_, Some(Err(e))) => {
+                            let e = e.clone();
+                            self.clients[i].answer(false, &e);
+                        }
+                        (Upgrade::Ready { child }, _) => {
+                            let text = format!("new master {child} ready");
+                            // The connection stays open: it closes when this
+                            // master exits after its retirement.
+                            let c = &mut self.clients[i];
+                            let _ = c.stream.set_nonblocking(false);
+                            let _ = c.stream.write_all(
+                                format!("info {text}\n").as_bytes(),
+                            );
+                            c.wait = Wait::Exit;
+                        }
+                        _ => {}
+                    }
+                }
+                Wait::Request | Wait::Exit => {}
+            }
+        }
+        self.clients.retain(|c| !c.done);
+    }
+
+    /// Human-readable status.
+    fn status_text(&self) -> String {
+        let j = self.status_json();
+        let mut out = format!(
+            "master {} ({}), up {}s, config {}\n",
+            j["pid"],
+            self.role.name(),
+            j["uptime_secs"],
+            j["config"].as_str().unwrap_or("none"),
+        );
+        for l in &self.listeners {
+            out += &format!("listening on {} ({})\n", l.local, l.name);
+        }
+        out += &format!(
+            "generation {}: {}/{} workers ready\n",
+            self.generation,
+            self.ready_count(),
+            self.desired
+        );
+        for w in j["workers"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  worker {} gen={} age={} {}{}{}{}\n",
+                w["pid"],
+                w["generation"],
+                w["age"],
+                w["state"].as_str().unwrap_or(""),
+                w["ready_secs"]
+                    .as_f64()
+                    .map(|s| format!(", ready for {s:.1}s"))
+                    .unwrap_or_default(),
+                w["requests"]
+                    .as_u64()
+                    .map(|r| format!(", {r} requests"))
+                    .unwrap_or_default(),
+                w["heartbeat_secs_ago"]
+                    .as_f64()
+                    .map(|s| format!(", heartbeat {s:.1}s ago"))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some(child) = match self.upgrade {
+            Upgrade::Spawned { child, .. } => Some(child),
+            Upgrade::Ready { child } => Some(child),
+            Upgrade::Idle => None,
+        } {
+            out += &format!("upgrade: new master {child}\n");
+        }
+        out.trim_end().to_string()
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (state, ready) = match w.state {
+                    State::Booting { .. } => ("booting", None),
+                    State::Ready { since, .. } => (
+                        "ready",
+                        Some(now.duration_since(since).as_secs_f64()),
+                    ),
+                    State::Stopping { .. } => ("stopping", None),
+                };
+                serde_json::json!({
+                    "pid": w.pid.as_raw(),
+                    "age": w.age,
+                    "generation": w.generation,
+                    "state": state,
+                    "ready_secs": ready,
+                    "requests": w.requests,
+                    "heartbeat_secs_ago": w.last_beat
+                        .map(|b| now.duration_since(b).as_secs_f64()),
+                    "status": w.status,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "pid": self.me.as_raw(),
+            "role": self.role.name(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "config": self.cfg.config_file.as_ref().map(|p| p.display().to_string()),
+            "listeners": self.listeners.iter().map(|l| serde_json::json!({
+                "name": l.name, "address": l.local.to_string(),
+            })).collect::<Vec<_>>(),
+            "generation": self.generation,
+            "desired": self.desired,
+            "ready": self.ready_count(),
+            "workers": workers,
+            "upgrade": match self.upgrade {
+                Upgrade::Idle => serde_json::Value::Null,
+                Upgrade::Spawned { child, .. } => serde_json::json!({
+                    "new_master": child.as_raw(), "state": "booting"}),
+                Upgrade::Ready { child } => serde_json::json!({
+                    "new_master": child.as_raw(), "state": "ready"}),
+            },
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! The systemd protocols with a fake systemd (a notify socket the test
+//! owns) and the real `systemd-socket-activate`: the exact notify
+//! sequence for start, HUP, USR2 and stop, and socket activation.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::harness::*;
+
+/// The datagrams seen, in order, each with its lines joined by `|`.
+fn seen(u: &Upgrader) -> Vec<String> {
+    u.systemd
+        .seen()
+        .iter()
+        .map(|m| m.replace('\n', "|"))
+        .collect()
+}
+
+#[test]
+fn notify_sequence_start_reload_stop() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "-w", "2"])
+        .start();
+    u.ready();
+    u.signal(Signal::SIGHUP);
+    u.log.wait_from(0, &["generation 2 serving"], LONG);
+    u.systemd.expect("generation 2", LONG);
+    u.signal(Signal::SIGTERM);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+    let s = seen(&u);
+    let kinds: Vec<&str> = s
+        .iter()
+        .map(|m| {
+            if m.starts_with("READY=1") {
+                "READY"
+            } else if m.starts_with("RELOADING=1|MONOTONIC_USEC=") {
+                "RELOADING"
+            } else if m.starts_with("STOPPING=1") {
+                "STOPPING"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(kinds, ["READY", "RELOADING", "READY", "STOPPING"], "{s:?}");
+    assert!(
+        s[0].contains("STATUS=serving: generation 1, 2/2 workers ready"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn usr2_hands_over_mainpid_then_barrier_and_never_stopping() {
+    let b = upgrader();
+    let pidfile = b.dir().join("u.pid");
+    let mut u = b.args(["--bind", "127.0.0.1:0", "-p", "u.pid"]).start();
+    u.ready();
+    // Under systemd (NOTIFY_SOCKET) --auto-retire is on by default.
+    u.signal(Signal::SIGUSR2);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+    let new = wait_pidfile(&pidfile, Some(u.pid));
+    u.log
+        .wait_from(0, &[&format!("master[{new}]: promoted")], LONG);
+    u.systemd.expect(&format!("MAINPID={new}"), LONG);
+    let s = seen(&u);
+    let main = s
+        .iter()
+        .position(|m| m.starts_with(&format!("MAINPID={new}")))
+        .unwrap();
+    assert_eq!(
+        s[main + 1],
+        "BARRIER=1",
+        "barrier right after MAINPID: {s:?}"
+    );
+    assert!(!s.iter().any(|m| m.contains("STOPPING=1")), "{s:?}");
+    // The promoted master (now the main pid) reports itself ready.
+    u.systemd.messages.wait_from(main + 2, &["READY=1"], LONG);
+    // The new master said nothing before the hand-off.
+    assert_eq!(
+        s[..main].iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn socket_activation_through_systemd_socket_activate() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
+        panic!(
+            "systemd-socket-activate is missing (install the systemd package)"
+        );
+    };
+    let b = upgrader();
+    let web = b.dir().join("web.sock");
+    let admin = b.dir().join("admin.sock");
+    let notify = b.dir().join("systemd-notify.sock");
+    // systemd-socket-activate binds the sockets, passes LISTEN_FDS with
+    // names and execs upgrader in place on the first connection; it
+    // keeps only the variables given with -E.
+    let mut u = b
+        .program(activate)
+        .args(["-l", web.to_str().unwrap(), "-l", admin.to_str().unwrap()])
+        .args([
+            "--fdname=web:admin",
+            "-E",
+            &format!("NOTIFY_SOCKET={}", notify.display()),
+        ])
+        .args(["-E", "UPGRADER_TEST_HOOKS=1", BIN, "-w", "2", "--exec"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/python_app.py"
+        ))
+        .start();
+    let w = format!("unix:{}", web.display());
+    let a = format!("unix:{}", admin.display());
+    wait_until("the socket to exist", LONG, || web.exists());
+    // The first connection triggers the exec and is served once up.
+    let first = get_ok(&w, "/").json();
+    assert_eq!(
+        first["listen_fdnames"].as_str(),
+        Some("web:admin"),
+        "{first}"
+    );
+    assert_eq!(first["listen_fds"].as_str(), Some("2"));
+    assert_eq!(get_ok(&a, "/").json()["fd"].as_u64(), Some(4));
+    u.ready();
+    assert!(
+        u.log
+            .find_from(0, &["listening on unix:", "web.sock (web)"])
+            .is_some()
+    );
+    // A passed socket is never unlinked by the master.
+    u.signal(Signal::SIGTERM);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+    assert!(web.exists() && admin.exists());
+}
+
+#[test]
+fn systemd_name_selects_a_passed_socket() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
+        panic!(
+            "systemd-socket-activate is missing (install the systemd package)"
+        );
+    };
+    let b = upgrader();
+    let web = b.dir().join("web.sock");
+    let admin = b.dir().join("admin.sock");
+    let notify = b.dir().join("systemd-notify.sock");
+    let mut u = b
+        .program(activate)
+        .args(["-l", web.to_str().unwrap(), "-l", admin.to_str().unwrap()])
+        .args([
+            "--fdname=web:admin",
+            "-E",
+            &format!("NOTIFY_SOCKET={}", notify.display()),
+        ])
+        .args([BIN, "--bind", "systemd:admin"])
+        .start();
+    wait_until("the socket to exist", LONG, || admin.exists());
+    get_ok(&format!("unix:{}", admin.display()), "/");
+    u.ready();
+    let text = u.log.text();
+    assert!(text.contains("admin.sock (admin)"), "{text}");
+    assert!(text.contains("matches no --bind: not served"), "{text}");
+    let _ = Duration::ZERO;
+}
