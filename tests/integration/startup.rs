@@ -111,3 +111,109 @@ fn help_and_version() {
     assert!(out.contains("--graceful-timeout"), "{out}");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_stale_unix_socket_is_replaced_a_live_one_is_not() {
+    let dir = TempDir::new();
+    let path = dir.path("s.sock");
+    // A socket file nobody listens on (a master that died).
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut u = upgrader()
+        .arg(format!("--bind=unix:{}", path.display()))
+        .start();
+    u.ready();
+    get_ok(&format!("unix:{}", path.display()), "/");
+    // While it serves, a second master must not steal the path.
+    let (st, out) =
+        run_to_end(&[&format!("--bind=unix:{}", path.display())], &dir.0);
+    assert_eq!(st.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Address already in use (a server is listening)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn workers_get_user_umask_and_directory() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--umask", "027", "--chdir", "/tmp"])
+        .args(if nix::unistd::geteuid().is_root() {
+            vec!["--user", "nobody"]
+        } else {
+            vec![]
+        })
+        .start();
+    u.ready();
+    let w = u.spawned()[0];
+    let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
+    assert!(status.contains("Umask:\t0027"), "{status}");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{w}/cwd")).unwrap(),
+        std::path::Path::new("/tmp")
+    );
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid_line
+                .split_whitespace()
+                .skip(1)
+                .all(|u| u == nobody.uid.to_string()),
+            "{uid_line}"
+        );
+        // Dropped privileges, and still serving (and still reachable by
+        // the master's signals).
+        get_ok(&u.addr(0), "/");
+    }
+    u.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+}
+
+#[test]
+fn under_journald_lines_carry_no_timestamp() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0"])
+        .env("JOURNAL_STREAM", "8:12345")
+        .start();
+    u.ready();
+    let text = u.log.text();
+    let first = text.lines().next().unwrap();
+    assert!(first.starts_with("info  master["), "{first}");
+}
+
+#[test]
+fn the_master_does_not_grow_with_reloads_and_respawns() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "-w", "2"])
+        .start();
+    u.ready();
+    let rss = |pid: nix::unistd::Pid| -> u64 {
+        let s =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let cycle = |u: &Upgrader, n: u64| {
+        for generation in n..n + 10 {
+            u.signal(nix::sys::signal::Signal::SIGHUP);
+            u.log.wait_from(
+                0,
+                &[&format!("generation {generation} serving")],
+                LONG,
+            );
+        }
+    };
+    // Warm up (allocator pools, first-use growth), then measure.
+    cycle(&u, 2);
+    let before = rss(u.pid);
+    cycle(&u, 12);
+    cycle(&u, 22);
+    let after = rss(u.pid);
+    assert!(
+        after <= before + 64,
+        "master RSS grew from {before} kB to {after} kB over 20 reloads (40 workers)"
+    );
+}
