@@ -14,7 +14,9 @@
 //! maintain), `reload` (HUP), `upgrade` (USR2, retirement, promotion).
 
 mod control;
+mod datagrams;
 mod reload;
+mod successor;
 mod upgrade;
 mod workers;
 
@@ -32,7 +34,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
-use crate::cli::{Options, ReadyMode};
+use crate::cli::Options;
 use crate::config::{Config, Facts, WorkerKind};
 use crate::handoff::Invocation;
 use crate::listeners::Listener;
@@ -40,7 +42,7 @@ use crate::notify::{self, Systemd};
 use crate::pool::{self, State, Stop, Worker};
 use crate::signals::{self, Event};
 
-pub use upgrade::Role;
+pub use successor::Role;
 
 /// How the master ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,72 +417,6 @@ impl Master {
             if !w.is_exec {
                 let _ = nix::sys::signal::kill(w.pid, Signal::SIGUSR1);
             }
-        }
-    }
-
-    /// Datagrams on the private notify socket.
-    fn handle_notify(&mut self) {
-        let now = Instant::now();
-        for msg in self.notify.drain() {
-            let Some(i) = self.find_sender(msg.pid) else {
-                log::debug!("notify from unknown pid {}: ignored", msg.pid);
-                continue;
-            };
-            for (key, value) in msg.pairs() {
-                self.on_notify(i, key, value, now);
-            }
-        }
-    }
-
-    /// The worker a datagram came from: the sender itself, or the
-    /// process group it belongs to (an exec app under its keeper, or
-    /// any child of the app).
-    fn find_sender(&self, pid: Pid) -> Option<usize> {
-        if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
-            return Some(i);
-        }
-        let pgid = nix::unistd::getpgid(Some(pid)).ok()?;
-        self.workers.iter().position(|w| w.pid == pgid)
-    }
-
-    fn on_notify(&mut self, i: usize, key: &str, value: &str, now: Instant) {
-        let timeout = self.cfg.timeout;
-        let graceful = self.cfg.graceful_timeout;
-        let w = &mut self.workers[i];
-        let notify_mode = !w.is_exec || self.cfg.ready == ReadyMode::Notify;
-        match (key, value) {
-            ("READY", "1") if notify_mode => {
-                if let State::Booting { .. } = w.state {
-                    w.state = State::Ready {
-                        since: now,
-                        beat_by: timeout.map(|t| now + t),
-                    };
-                    self.on_ready(i);
-                }
-            }
-            ("X_REQUESTS", n) => w.requests = n.parse().ok(),
-            ("WATCHDOG", "1") => {
-                w.last_beat = Some(now);
-                if let State::Ready {
-                    since,
-                    beat_by: Some(_),
-                } = w.state
-                {
-                    w.state = State::Ready {
-                        since,
-                        beat_by: timeout.map(|t| now + t),
-                    };
-                }
-            }
-            ("STATUS", s) => w.status = Some(s.to_string()),
-            ("STOPPING", "1") if w.is_ready() => {
-                log::info!("{} is leaving", w.role());
-                w.state = State::Stopping {
-                    why: Stop::Leaving,
-                    kill_at: Some(now + graceful),
-                };
-            }
-            _ => {}
         }
     }
 

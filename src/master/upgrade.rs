@@ -10,9 +10,7 @@
 //! `MAINPID=<new>` to systemd, then a barrier, then a graceful drain
 //! without `STOPPING=1`, then exit 0.
 //!
-//! New master: `Role::Successor` until its predecessor is gone. It
-//! watches the old master with a pidfd, so promotion happens the moment
-//! the old master exits: no tick, no polling getppid.
+//! The new master's side is in `successor`.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -25,66 +23,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::{Exit, Master, Phase, workers::describe};
-use crate::handoff::{self, Predecessor};
+use super::{Exit, Master, Phase, Role, workers::describe};
+use crate::handoff;
 use crate::pidfile;
 use crate::sys::{self, Fork};
-
-/// Which master this is.
-pub enum Role {
-    Master,
-    /// Started by USR2; `pidfd` becomes readable when the old master
-    /// exits; `ready` is the pipe to write the ready byte to.
-    Successor {
-        old: Pid,
-        pidfd: Option<OwnedFd>,
-        ready: Option<OwnedFd>,
-    },
-}
-
-impl Role {
-    pub fn from_env(p: Option<&Predecessor>) -> Result<Role> {
-        let Some(p) = p else { return Ok(Role::Master) };
-        let ready = match p.ready_fd {
-            Some(fd) => Some(sys::adopt_inherited(fd).with_context(|| {
-                format!("{}={fd}: not open", handoff::UPGRADER_READY_FD)
-            })?),
-            None => None,
-        };
-        if let Some(r) = &ready {
-            fcntl(r, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .context("ready fd")?;
-        }
-        // ESRCH: the old master is already gone; promotion follows at
-        // once (check_predecessor).
-        let pidfd = sys::pidfd_open(p.pid).ok();
-        Ok(Role::Successor {
-            old: p.pid,
-            pidfd,
-            ready,
-        })
-    }
-
-    pub fn is_successor(&self) -> bool {
-        matches!(self, Role::Successor { .. })
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Successor { .. } => "new master",
-        }
-    }
-
-    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Role::Successor {
-                pidfd: Some(fd), ..
-            } => Some(fd.as_fd()),
-            _ => None,
-        }
-    }
-}
 
 /// The old master's view of an upgrade.
 pub enum Upgrade {
@@ -435,60 +377,6 @@ impl Master {
             Upgrade::Idle => {}
         }
         true
-    }
-
-    /// New master: serving. Write `<pidfile>.2` (its appearance means
-    /// "safe to retire the old one"), then the ready byte.
-    pub(super) fn successor_serving(&mut self) {
-        if let Some(p) = &self.cfg.pidfile
-            && let Err(e) = pidfile::write(&pidfile::sibling(p, ".2"), self.me)
-        {
-            log::error!("{e:#}");
-        }
-        if let Role::Successor { ready, .. } = &mut self.role
-            && let Some(fd) = ready.take()
-            && let Err(e) = nix::unistd::write(&fd, b"1")
-        {
-            log::error!("ready byte: {}", e.desc());
-        }
-    }
-
-    /// New master: promoted once the old master is gone (compared with
-    /// its pid, not with 1: under a subreaper the new parent is not
-    /// init).
-    pub(super) fn check_predecessor(&mut self) {
-        let Role::Successor { old, pidfd, .. } = &self.role else {
-            return;
-        };
-        let gone = match pidfd {
-            // Readable means exited.
-            Some(fd) => {
-                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
-                    || nix::unistd::getppid() != *old
-            }
-            None => nix::unistd::getppid() != *old,
-        };
-        if !gone {
-            return;
-        }
-        let old = *old;
-        self.role = Role::Master;
-        crate::logging::set_role(format!("master[{}]", self.me));
-        if let Some(p) = &self.cfg.pidfile {
-            let p2 = pidfile::sibling(p, ".2");
-            if p2.exists()
-                && let Err(e) = pidfile::rename(&p2, p)
-            {
-                log::error!("{e:#}");
-            }
-        }
-        log::info!("promoted: old master {old} is gone");
-        if self.ever_ready {
-            self.systemd
-                .notify(&format!("READY=1\nSTATUS={}", self.status()));
-        }
     }
 }
 

@@ -1,0 +1,86 @@
+//! Datagrams from workers on the master's private notify socket:
+//! `READY=1`, `WATCHDOG=1` (with `X_REQUESTS=` from built-in workers),
+//! `STATUS=`, `STOPPING=1`, attributed to a worker by the sender's pid
+//! or process group.
+
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::Master;
+use crate::cli::ReadyMode;
+use crate::pool::{State, Stop};
+
+impl Master {
+    /// Datagrams on the private notify socket.
+    pub(super) fn handle_notify(&mut self) {
+        let now = Instant::now();
+        for msg in self.notify.drain() {
+            let Some(i) = self.find_sender(msg.pid) else {
+                log::debug!("notify from unknown pid {}: ignored", msg.pid);
+                continue;
+            };
+            for (key, value) in msg.pairs() {
+                self.on_notify(i, key, value, now);
+            }
+        }
+    }
+
+    /// The worker a datagram came from: the sender itself, or the
+    /// process group it belongs to (an exec app under its keeper, or
+    /// any child of the app).
+    pub(super) fn find_sender(&self, pid: Pid) -> Option<usize> {
+        if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+            return Some(i);
+        }
+        let pgid = nix::unistd::getpgid(Some(pid)).ok()?;
+        self.workers.iter().position(|w| w.pid == pgid)
+    }
+
+    pub(super) fn on_notify(
+        &mut self,
+        i: usize,
+        key: &str,
+        value: &str,
+        now: Instant,
+    ) {
+        let timeout = self.cfg.timeout;
+        let graceful = self.cfg.graceful_timeout;
+        let w = &mut self.workers[i];
+        let notify_mode = !w.is_exec || self.cfg.ready == ReadyMode::Notify;
+        match (key, value) {
+            ("READY", "1") if notify_mode => {
+                if let State::Booting { .. } = w.state {
+                    w.state = State::Ready {
+                        since: now,
+                        beat_by: timeout.map(|t| now + t),
+                    };
+                    self.on_ready(i);
+                }
+            }
+            ("X_REQUESTS", n) => w.requests = n.parse().ok(),
+            ("WATCHDOG", "1") => {
+                w.last_beat = Some(now);
+                if let State::Ready {
+                    since,
+                    beat_by: Some(_),
+                } = w.state
+                {
+                    w.state = State::Ready {
+                        since,
+                        beat_by: timeout.map(|t| now + t),
+                    };
+                }
+            }
+            ("STATUS", s) => w.status = Some(s.to_string()),
+            ("STOPPING", "1") if w.is_ready() => {
+                log::info!("{} is leaving", w.role());
+                w.state = State::Stopping {
+                    why: Stop::Leaving,
+                    kill_at: Some(now + graceful),
+                };
+            }
+            _ => {}
+        }
+    }
+}
