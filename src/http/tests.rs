@@ -583,6 +583,11 @@ proptest! {
         let out = out.expect("an in-memory reader never fails");
         check_outcome(&input, &out);
     }
+}
+
+// The structured properties: fewer cases, each explores more.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
 
     #[test]
     fn mutated_requests_never_panic(
