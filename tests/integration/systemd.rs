@@ -175,3 +175,33 @@ fn systemd_name_selects_a_passed_socket() {
     assert!(text.contains("matches no --bind: not served"), "{text}");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn the_master_pings_systemds_watchdog() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--timeout", "0"])
+        .env("WATCHDOG_USEC", "200000")
+        .start();
+    u.ready();
+    // Every WATCHDOG_USEC/2: several within a second.
+    let (i, t1, _) = u.systemd.messages.wait_from(0, &["WATCHDOG=1"], LONG);
+    let (_, t2, _) =
+        u.systemd.messages.wait_from(i + 1, &["WATCHDOG=1"], LONG);
+    let gap = t2 - t1;
+    assert!(
+        gap >= Duration::from_millis(80) && gap <= Duration::from_millis(200),
+        "{gap:?}"
+    );
+    // Not for us: no pings.
+    let mut v = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--timeout", "0"])
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", "1")
+        .start();
+    v.ready();
+    assert!(
+        v.systemd
+            .try_expect("WATCHDOG=1", Duration::from_millis(400))
+            .is_none()
+    );
+}

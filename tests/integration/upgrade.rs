@@ -302,3 +302,34 @@ fn rollback_winch_old_hup_old_quit_new() {
     u.log
         .wait_from(from, &["USR2: new master", "spawned"], LONG);
 }
+
+#[test]
+fn a_held_term_stops_the_old_master_when_the_upgrade_fails() {
+    let b = upgrader();
+    let broken = b.dir().join("broken");
+    let app = format!(
+        "test -e '{}' && {{ sleep 0.3; exit 3; }}; exec python3 '{}'",
+        broken.display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py")
+    );
+    let mut u = b
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--auto-retire",
+            "off",
+        ])
+        .args(["--exec", "sh", "-c", &app])
+        .start();
+    u.ready();
+    std::fs::write(&broken, "").unwrap();
+    u.signal(Signal::SIGUSR2);
+    u.log.wait_from(0, &["USR2: new master", "spawned"], LONG);
+    u.signal(Signal::SIGTERM);
+    u.log.wait_from(0, &["TERM held until new master"], LONG);
+    let (i, _, _) = u.log.wait_from(0, &["upgrade failed: new master"], LONG);
+    u.log.wait_from(i, &["graceful stop"], LONG);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+}
