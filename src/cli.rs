@@ -34,7 +34,8 @@ Exit status: 0 stopped, 1 runtime failure, 2 usage or configuration error,
     about = ABOUT,
     after_help = AFTER,
     override_usage = "upgrader [OPTIONS] [--exec PROGRAM [ARGS]...]\n       \
-                      upgrader -s SIGNAL [--pid FILE] [--wait SECS]"
+                      upgrader -s SIGNAL [--pid FILE | -c FILE] [--wait SECS] \
+                      [--json]"
 )]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Options {
@@ -42,7 +43,7 @@ pub struct Options {
     /// systemd:NAME; NAME= names the socket in LISTEN_FDNAMES
     /// (repeatable) [default: 127.0.0.1:8000, or every socket passed in]
     #[arg(short, long, value_name = "[NAME=]ADDR")]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub bind: Vec<BindSpec>,
 
     /// Number of worker processes [default: 1]
@@ -102,6 +103,16 @@ pub struct Options {
     #[serde(default)]
     pub reuse_port: bool,
 
+    /// File mode of unix sockets this master binds, octal (e.g. 660)
+    /// [default: as the umask leaves it]
+    #[arg(long, value_name = "OCTAL")]
+    pub socket_mode: Option<String>,
+
+    /// Owner of unix sockets this master binds: USER, USER:GROUP or
+    /// :GROUP [default: unchanged]
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub socket_owner: Option<String>,
+
     /// A built-in worker restarts after serving N requests (plus up to
     /// --max-requests-jitter more); 0 = never [default: 0]
     #[arg(long, value_name = "N")]
@@ -151,6 +162,7 @@ pub struct Options {
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
+    #[serde(default, deserialize_with = "one_or_many_opt")]
     pub exec: Option<Vec<String>>,
 
     /// Validate the configuration (command line and -c file) and exit:
@@ -208,6 +220,8 @@ impl Options {
             max_requests,
             max_requests_jitter,
             client_timeout,
+            socket_mode,
+            socket_owner,
             user,
             group,
             umask,
@@ -217,6 +231,34 @@ impl Options {
             exec
         )
     }
+}
+
+/// A list in the config file may also be a single string
+/// (`bind = "127.0.0.1:8000"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(t) => vec![t],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn one_or_many_opt<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    one_or_many(d).map(Some)
 }
 
 /// A number of seconds, fractions allowed (`0.5`).
@@ -379,6 +421,15 @@ mod tests {
         );
         assert_eq!(o.bind.len(), 1);
         assert_eq!(o.auto_retire, Some(OnOff(true)));
+    }
+
+    #[test]
+    fn a_single_string_is_a_list_of_one() {
+        let o: Options =
+            toml::from_str("bind = \"127.0.0.1:1\"\nexec = \"./app\"\n")
+                .unwrap();
+        assert_eq!(o.bind.len(), 1);
+        assert_eq!(o.exec.unwrap(), ["./app"]);
     }
 
     #[test]

@@ -59,12 +59,6 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
-impl PartialEq for BindOptions {
-    fn eq(&self, o: &Self) -> bool {
-        self.backlog == o.backlog && self.reuse_port == o.reuse_port
-    }
-}
-
 /// Facts about the process environment that change defaults.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts {
@@ -131,6 +125,14 @@ impl Config {
             bind_options: BindOptions {
                 backlog,
                 reuse_port: o.reuse_port,
+                unix_mode: match &o.socket_mode {
+                    Some(m) => Some(parse_octal("--socket-mode", m, 0o7777)?),
+                    None => None,
+                },
+                unix_owner: match &o.socket_owner {
+                    Some(s) => socket_owner(s)?,
+                    None => (None, None),
+                },
             },
             workers,
             kind,
@@ -197,13 +199,33 @@ pub fn heartbeat(
 }
 
 fn parse_umask(s: &str) -> Result<Mode> {
-    let bits = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+    let b = parse_octal("--umask", s, 0o777)?;
+    Ok(Mode::from_bits_truncate(b as nix::libc::mode_t))
+}
+
+fn parse_octal(what: &str, s: &str, max: u32) -> Result<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
-        .filter(|b| *b <= 0o777);
-    match bits {
-        Some(b) => Ok(Mode::from_bits_truncate(b as nix::libc::mode_t)),
-        None => bail!("--umask {s}: expected an octal mode such as 022"),
-    }
+        .filter(|b| *b <= max)
+        .with_context(|| {
+            format!("{what} {s}: expected an octal mode such as 022")
+        })
+}
+
+/// `USER`, `USER:GROUP` or `:GROUP`, by name or number.
+fn socket_owner(s: &str) -> Result<(Option<u32>, Option<u32>)> {
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let user = (!user.is_empty()).then_some(user);
+    let c = credentials(user, group.filter(|g| !g.is_empty()))
+        .with_context(|| format!("--socket-owner {s}"))?;
+    Ok((
+        c.uid.map(|u| u.as_raw()),
+        // A group only if one was named (not the user's primary group).
+        group.and(c.gid).map(|g| g.as_raw()),
+    ))
 }
 
 fn credentials(

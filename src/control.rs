@@ -51,13 +51,19 @@ impl FromStr for Verb {
     }
 }
 
-/// Runs one control request; returns what to print on success.
+/// Runs one control request; returns what to print on success. Without
+/// `wait`, the bound is the master's own graceful plus boot timeouts
+/// (asked for first), so a slow drain is not mistaken for a failure.
 pub fn run(
     verb: Verb,
     pidfile: &Path,
-    wait: Duration,
+    wait: Option<Duration>,
     json: bool,
 ) -> Result<String> {
+    let wait = match wait {
+        Some(w) => w,
+        None => master_budget(pidfile).unwrap_or(Duration::from_secs(60)),
+    };
     let deadline = Instant::now() + wait;
     let pid = pidfile::read(pidfile).ok_or_else(|| {
         anyhow!(
@@ -139,6 +145,24 @@ pub fn run(
         }
         _ => bail!("master {pid} exited without an answer"),
     }
+}
+
+/// The running master's graceful + boot timeouts, plus a second.
+fn master_budget(pidfile: &Path) -> Option<Duration> {
+    let pid = pidfile::read(pidfile)?;
+    let name = crate::master::control_socket_name(pid.as_raw() as u32);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+    let mut s = UnixStream::connect_addr(&addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"status-json\n").ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+    let j: serde_json::Value =
+        serde_json::from_str(text.trim().strip_prefix("ok ")?).ok()?;
+    let secs = j["graceful_timeout_secs"].as_f64()?
+        + j["boot_timeout_secs"].as_f64()?
+        + 1.0;
+    Some(Duration::from_secs_f64(secs))
 }
 
 fn wait_exit(

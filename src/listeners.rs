@@ -184,10 +184,13 @@ impl Listener {
 }
 
 /// Socket options for sockets this master binds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BindOptions {
     pub backlog: i32,
     pub reuse_port: bool,
+    /// Mode and owner of unix socket files.
+    pub unix_mode: Option<u32>,
+    pub unix_owner: (Option<u32>, Option<u32>),
 }
 
 /// Creates, binds and listens. The socket is CLOEXEC, with SO_REUSEADDR
@@ -262,6 +265,17 @@ fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
     .map_err(errno_text)?;
     let addr = UnixAddr::new(path).map_err(errno_text)?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(errno_text)?;
+    if let Some(mode) = opts.unix_mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {mode:o}: {e}"))?;
+    }
+    if let (uid, gid) = opts.unix_owner
+        && (uid.is_some() || gid.is_some())
+    {
+        std::os::unix::fs::chown(path, uid, gid)
+            .map_err(|e| format!("chown: {e}"))?;
+    }
     listen(&fd, opts.backlog)?;
     Ok(fd)
 }

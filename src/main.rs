@@ -100,10 +100,7 @@ fn control_command(
              key"
         )));
     };
-    let wait = cli
-        .wait
-        .map(|w| w.0)
-        .unwrap_or(cfg.graceful_timeout + cfg.boot_timeout);
+    let wait = cli.wait.map(|w| w.0);
     let out = control::run(verb, pidfile, wait, cli.json).map_err(runtime)?;
     println!("{out}");
     Ok(0)
@@ -136,6 +133,12 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         pidfile::check_free(p).map_err(runtime)?;
     }
     let invocation = handoff::invocation(&env.vars).map_err(runtime)?;
+    if cfg.timeout.is_none() && cli.timeout.is_some_and(|t| !t.0.is_zero()) {
+        log::warn!(
+            "--timeout is ignored: exec workers owe a heartbeat only with \
+             --ready notify"
+        );
+    }
     // Block the master's signals before anything is forked, so no child
     // is ever born between a signal and its handling.
     let signals =

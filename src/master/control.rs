@@ -221,16 +221,15 @@ impl Master {
             self.desired
         );
         for w in j["workers"].as_array().into_iter().flatten() {
+            let state = match w["ready_secs"].as_f64() {
+                Some(s) => format!("ready for {s:.1}s"),
+                None => w["state"].as_str().unwrap_or("").to_string(),
+            };
             out += &format!(
-                "  worker {} gen={} age={} {}{}{}{}\n",
+                "  worker {} gen={} age={} {state}{}{}\n",
                 w["pid"],
                 w["generation"],
                 w["age"],
-                w["state"].as_str().unwrap_or(""),
-                w["ready_secs"]
-                    .as_f64()
-                    .map(|s| format!(", ready for {s:.1}s"))
-                    .unwrap_or_default(),
                 w["requests"]
                     .as_u64()
                     .map(|r| format!(", {r} requests"))
@@ -289,6 +288,8 @@ impl Master {
             })).collect::<Vec<_>>(),
             "generation": self.generation,
             "desired": self.desired,
+            "graceful_timeout_secs": self.cfg.graceful_timeout.as_secs_f64(),
+            "boot_timeout_secs": self.cfg.boot_timeout.as_secs_f64(),
             "ready": self.ready_count(),
             "workers": workers,
             "upgrade": match self.upgrade {

@@ -217,7 +217,8 @@ fn the_man_page_has_the_operators_sections() {
 
 /// Runs a linter when it is installed; any output is a finding.
 fn lint(program: &str, args: &[&str]) {
-    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("man/upgrader.1");
+    let page =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("man/upgrader.1");
     let out = match Command::new(program).args(args).arg(&page).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -248,9 +249,15 @@ fn the_man_page_lints_clean_where_linters_are_installed() {
 
 #[test]
 fn roff_plain_reads_options_as_typed() {
-    assert_eq!(roff_plain(r"\fB\-\-bind\fR [\fIname\fB=\fR]"), "--bind [name=]");
+    assert_eq!(
+        roff_plain(r"\fB\-\-bind\fR [\fIname\fB=\fR]"),
+        "--bind [name=]"
+    );
     assert_eq!(roff_plain(r"\f[B]\-w\f[]"), "-w");
-    assert!(has_word("--max-requests N, --max-requests-jitter", "--max-requests"));
+    assert!(has_word(
+        "--max-requests N, --max-requests-jitter",
+        "--max-requests"
+    ));
     assert!(!has_word("--max-requests-jitter", "--max-requests"));
     assert!(!has_word("SIGHUP", "HUP"));
     assert!(has_word(".BR INT \", \" QUIT", "INT"));

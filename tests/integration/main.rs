@@ -5,6 +5,9 @@
 
 mod harness;
 
+/// The man page and README against --help.
+mod docs;
+
 /// `upgrader -s`: synchronous control.
 mod control;
 /// Exec workers: the systemd hand-over, readiness, keepers.

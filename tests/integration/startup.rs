@@ -217,3 +217,35 @@ fn the_master_does_not_grow_with_reloads_and_respawns() {
         "master RSS grew from {before} kB to {after} kB over 20 reloads (40 workers)"
     );
 }
+
+#[test]
+fn socket_mode_and_owner_apply_to_unix_sockets() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let b = upgrader();
+    let path = b.dir().join("m.sock");
+    let owner = if nix::unistd::geteuid().is_root() {
+        "nobody"
+    } else {
+        ""
+    };
+    let mut u = b
+        .arg(format!("--bind=unix:{}", path.display()))
+        .args(["--socket-mode", "600"])
+        .args(if owner.is_empty() {
+            vec![]
+        } else {
+            vec!["--socket-owner", owner]
+        })
+        .start();
+    u.ready();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    if !owner.is_empty() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(meta.uid(), nobody.uid.as_raw());
+    }
+    let dir = TempDir::new();
+    let (st, out) = run_to_end(&["--socket-mode", "999"], &dir.0);
+    assert_eq!(st.code(), Some(2), "{out}");
+    assert!(out.contains("--socket-mode 999"), "{out}");
+}
