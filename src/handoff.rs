@@ -1,5 +1,5 @@
 //! The environment, read once at start and never mutated (edition 2024
-//! makes `set_var` unsafe for good reason): what systemd passed
+//! marks `set_var` as `unsafe`, for good reason): what systemd passed
 //! (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM`), what a
 //! predecessor master passed (`UPGRADER_*`, SPEC section 7), and the
 //! rest, which is what workers and successors inherit.

@@ -201,7 +201,19 @@ fn resolve(program: &Path, env: &[(OsString, OsString)]) -> PathBuf {
     program.to_path_buf()
 }
 
-fn cstring(s: &OsStr) -> Result<CString> {
+/// `KEY=VALUE` C strings for execve.
+pub fn envp(env: &[(OsString, OsString)]) -> Result<Vec<CString>> {
+    env.iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            cstring(&kv)
+        })
+        .collect()
+}
+
+pub fn cstring(s: &OsStr) -> Result<CString> {
     CString::new(s.as_bytes())
         .with_context(|| format!("{s:?} contains a NUL byte"))
 }
@@ -222,15 +234,7 @@ fn spawn_exec(
     for a in args {
         argv.push(cstring(OsStr::new(a))?);
     }
-    let envp = env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.clone();
-            kv.push("=");
-            kv.push(v);
-            cstring(&kv)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let envp = envp(&env)?;
     let mut pid_vars = vec!["LISTEN_PID"];
     if ctx.config.timeout.is_some() {
         pid_vars.push("WATCHDOG_PID");

@@ -12,9 +12,8 @@
 //!
 //! The new master's side is in `successor`.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -132,27 +131,19 @@ impl Master {
             .cloned()
             .collect();
         env.extend(handoff::encode(&names, self.me));
-        let envp = env
-            .iter()
-            .map(|(k, v)| {
-                let mut kv = k.clone();
-                kv.push("=");
-                kv.push(v);
-                cstring(&kv)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let envp = crate::spawn::envp(&env)?;
         let argv = inv
             .argv
             .iter()
-            .map(|a| cstring(a))
+            .map(|a| crate::spawn::cstring(a))
             .collect::<Result<Vec<_>>>()?;
         let mut image = sys::ExecImage::new(
-            cstring(inv.exe.as_os_str())?,
+            crate::spawn::cstring(inv.exe.as_os_str())?,
             argv,
             envp,
             &[],
         )
-        .for_successor(cstring(inv.cwd.as_os_str())?);
+        .for_successor(crate::spawn::cstring(inv.cwd.as_os_str())?);
         let (ready_r, ready_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (err_r, err_w) =
@@ -378,11 +369,6 @@ impl Master {
         }
         true
     }
-}
-
-fn cstring(s: &OsStr) -> Result<CString> {
-    CString::new(s.as_bytes())
-        .with_context(|| format!("{s:?} contains a NUL byte"))
 }
 
 /// The errno a failed execve left on the error pipe, as text.

@@ -92,20 +92,14 @@ fn upgrade_returns_once_promoted() {
 #[test]
 fn a_failed_upgrade_is_reported_at_once_with_its_reason() {
     let b = upgrader();
-    let broken = b.dir().join("broken");
-    let app = format!(
-        "test -e '{}' && {{ echo 'app: cannot load settings' >&2; exit 3; }}; \
-         exec python3 '{}'",
-        broken.display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py")
-    );
+    let app = Breakable::new(b.dir(), "app: cannot load settings", 0.0, 3);
     let mut u = b
         .args(["--bind", "127.0.0.1:0", "-p", "u.pid", "--ready", "notify"])
-        .args(["--exec", "sh", "-c", &app])
+        .args(app.exec.clone())
         .start();
     u.ready();
     let dir = u.dir.0.clone();
-    std::fs::write(&broken, "").unwrap();
+    app.break_it();
     let t = Instant::now();
     let (rc, out) = s(&dir, &["upgrade", "--pid", "u.pid", "--wait", "60"]);
     assert_eq!(rc, 1, "{out}");

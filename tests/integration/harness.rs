@@ -739,3 +739,48 @@ pub fn wait_pidfile(path: &Path, not: Option<Pid>) -> Pid {
     });
     pid.unwrap()
 }
+
+/// The Python example app.
+pub const PYTHON_APP: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py");
+
+/// `--exec` arguments for the Python example app behind a switch: once
+/// `flag` exists (`break_it`), a new worker prints `line` to stderr,
+/// waits `delay` seconds and exits `code` at boot, as a broken release
+/// would.
+pub struct Breakable {
+    pub flag: PathBuf,
+    pub exec: Vec<String>,
+}
+
+impl Breakable {
+    pub fn new(dir: &Path, line: &str, delay: f64, code: i32) -> Breakable {
+        let flag = dir.join("broken");
+        let script = format!(
+            "test -e '{}' && {{ echo '{line}' >&2; sleep {delay}; exit {code}; }}; \
+             exec python3 '{PYTHON_APP}'",
+            flag.display()
+        );
+        let exec = ["--exec", "sh", "-c", &script].map(String::from).to_vec();
+        Breakable { flag, exec }
+    }
+
+    pub fn break_it(&self) {
+        std::fs::write(&self.flag, "").unwrap();
+    }
+
+    pub fn fix(&self) {
+        std::fs::remove_file(&self.flag).unwrap();
+    }
+}
+
+/// The real systemd-socket-activate (package systemd).
+pub fn socket_activate() -> &'static str {
+    [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-socket-activate is missing (install the systemd package)")
+}

@@ -73,20 +73,15 @@ fn a_broken_config_is_rejected_and_nothing_changes() {
 #[test]
 fn a_generation_that_cannot_boot_is_abandoned() {
     let b = upgrader();
-    let broken = b.dir().join("broken");
-    let app = format!(
-        "test -e '{}' && {{ echo 'app: bad release' >&2; exit 1; }}; exec python3 '{}'",
-        broken.display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py")
-    );
+    let app = Breakable::new(b.dir(), "app: bad release", 0.0, 1);
     let mut u = b
         .args(["--bind", "127.0.0.1:0", "-w", "2", "--ready", "notify"])
-        .args(["--exec", "sh", "-c", &app])
+        .args(app.exec.clone())
         .start();
     u.ready();
     let a = u.addr(0);
     let load = Load::start(&a, 2, Duration::from_secs(20));
-    std::fs::write(&broken, "").unwrap();
+    app.break_it();
     u.signal(Signal::SIGHUP);
     let (_, _, line) =
         u.log.wait_from(0, &["reload to generation 2 failed"], LONG);
@@ -98,7 +93,7 @@ fn a_generation_that_cannot_boot_is_abandoned() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert!(alive(u.pid));
     // The next release is fine: generation 3.
-    std::fs::remove_file(&broken).unwrap();
+    app.fix();
     u.signal(Signal::SIGHUP);
     u.log.wait_from(0, &["generation 3 serving"], LONG);
 }
@@ -141,10 +136,7 @@ fn bind_changes_open_new_and_close_removed_after_the_old_generation() {
 fn a_hup_during_a_reload_is_queued_not_interleaved() {
     let mut u = upgrader()
         .args(["--bind", "127.0.0.1:0", "--ready", "delay:0.3"])
-        .args([
-            "--exec",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py"),
-        ])
+        .args(["--exec", PYTHON_APP])
         .start();
     u.ready();
     u.signal(Signal::SIGHUP);

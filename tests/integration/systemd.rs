@@ -86,16 +86,7 @@ fn usr2_hands_over_mainpid_then_barrier_and_never_stopping() {
 
 #[test]
 fn socket_activation_through_systemd_socket_activate() {
-    let Some(activate) = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists()) else {
-        panic!(
-            "systemd-socket-activate is missing (install the systemd package)"
-        );
-    };
+    let activate = socket_activate();
     let b = upgrader();
     let web = b.dir().join("web.sock");
     let admin = b.dir().join("admin.sock");
@@ -143,16 +134,7 @@ fn socket_activation_through_systemd_socket_activate() {
 
 #[test]
 fn systemd_name_selects_a_passed_socket() {
-    let Some(activate) = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists()) else {
-        panic!(
-            "systemd-socket-activate is missing (install the systemd package)"
-        );
-    };
+    let activate = socket_activate();
     let b = upgrader();
     let web = b.dir().join("web.sock");
     let admin = b.dir().join("admin.sock");

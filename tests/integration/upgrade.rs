@@ -125,21 +125,17 @@ fn usr2_runs_the_executable_now_on_disk() {
 #[test]
 fn a_new_master_whose_workers_cannot_boot_leaves_the_old_serving() {
     let b = upgrader();
-    let broken = b.dir().join("broken");
-    let app = format!(
-        "test -e '{}' && {{ echo 'app: config broken' >&2; exit 3; }}; exec python3 '{}'",
-        broken.display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py")
-    );
+    let app = Breakable::new(b.dir(), "app: config broken", 0.0, 3);
     let pidfile = b.dir().join("u.pid");
     let mut u = b
         .args(["--bind", "127.0.0.1:0", "-p", "u.pid", "--ready", "notify"])
-        .args(["--auto-retire", "off", "--exec", "sh", "-c", &app])
+        .args(["--auto-retire", "off"])
+        .args(app.exec.clone())
         .start();
     u.ready();
     let a = u.addr(0);
     let load = Load::start(&a, 2, Duration::from_secs(20));
-    std::fs::write(&broken, "").unwrap();
+    app.break_it();
     let from = u.log.len();
     u.signal(Signal::SIGUSR2);
     let (_, _, line) =
@@ -149,7 +145,7 @@ fn a_new_master_whose_workers_cannot_boot_leaves_the_old_serving() {
     assert!(!pidfile.with_extension("pid.2").exists());
     // The new master said why, in the shared log.
     assert!(u.log.find_from(from, &["app: config broken"]).is_some());
-    std::fs::remove_file(&broken).unwrap();
+    app.fix();
     // Still the old master, and a later USR2 is accepted again.
     assert!(get_ok(&a, "/").json()["pid"].as_u64().is_some());
     let new = upgrade_cycle(&u, u.pid, &pidfile);
@@ -211,10 +207,7 @@ fn term_during_the_new_masters_boot_is_held_until_it_is_ready() {
             "delay:0.5",
         ])
         .args(["--auto-retire", "off"])
-        .args([
-            "--exec",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py"),
-        ])
+        .args(["--exec", PYTHON_APP])
         .start();
     u.ready();
     u.signal(Signal::SIGUSR2);
@@ -306,12 +299,7 @@ fn rollback_winch_old_hup_old_quit_new() {
 #[test]
 fn a_held_term_stops_the_old_master_when_the_upgrade_fails() {
     let b = upgrader();
-    let broken = b.dir().join("broken");
-    let app = format!(
-        "test -e '{}' && {{ sleep 0.3; exit 3; }}; exec python3 '{}'",
-        broken.display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_app.py")
-    );
+    let app = Breakable::new(b.dir(), "app: still booting", 0.3, 3);
     let mut u = b
         .args([
             "--bind",
@@ -321,10 +309,10 @@ fn a_held_term_stops_the_old_master_when_the_upgrade_fails() {
             "--auto-retire",
             "off",
         ])
-        .args(["--exec", "sh", "-c", &app])
+        .args(app.exec.clone())
         .start();
     u.ready();
-    std::fs::write(&broken, "").unwrap();
+    app.break_it();
     u.signal(Signal::SIGUSR2);
     u.log.wait_from(0, &["USR2: new master", "spawned"], LONG);
     u.signal(Signal::SIGTERM);
