@@ -9,6 +9,7 @@
 //! worker (nginx and gunicorn reopen the same way).
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -64,14 +65,15 @@ pub fn init(
         // The level is the process's ceiling, set below, so a reload can
         // change it with log::set_max_level.
         .level(LevelFilter::Trace);
-    let dispatch = match file {
+    let out: Box<dyn Write + Send> = match file {
         Some(path) => {
             let f = open(path)?;
             let _ = FILE.set((path.to_path_buf(), f.as_raw_fd()));
-            dispatch.chain(f)
+            Box::new(OneWrite::new(f))
         }
-        None => dispatch.chain(std::io::stderr()),
+        None => Box::new(OneWrite::new(std::io::stderr())),
     };
+    let dispatch = dispatch.chain(out);
     dispatch.apply().context("logger already installed")?;
     log::set_max_level(level);
     Ok(())
@@ -84,6 +86,43 @@ fn open(path: &Path) -> Result<std::fs::File> {
         .custom_flags(nix::libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("log file {}", path.display()))
+}
+
+/// Collects a log line and hands it to the kernel in one write(2):
+/// masters and workers share stderr (and journald's stream), and a line
+/// written in pieces would interleave with another process's line. With
+/// O_APPEND files, one write per line also keeps lines whole.
+struct OneWrite<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> OneWrite<W> {
+    fn new(inner: W) -> Self {
+        OneWrite {
+            inner,
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
+impl<W: Write> Write for OneWrite<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.ends_with(b"\n") {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let r = self.inner.write_all(&self.buf);
+            self.buf.clear();
+            r?;
+        }
+        self.inner.flush()
+    }
 }
 
 /// The descriptor of the log file, if logging goes to one (forked

@@ -358,7 +358,7 @@ impl Master {
             if graceful { "graceful" } else { "fast" },
             self.workers.len()
         );
-        self.systemd.notify("STOPPING=1\nSTATUS=stopping");
+        self.sd_notify("STOPPING=1\nSTATUS=stopping");
         self.stop_all(
             graceful,
             Exit {
@@ -463,8 +463,17 @@ impl Master {
         {
             log::error!("{e:#}");
         }
-        self.systemd
-            .notify(&format!("READY=1\nSTATUS={}", self.status()));
+        self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    /// Tells systemd, unless this is a new master not yet promoted: it
+    /// is not the main pid, so under NotifyAccess=main systemd refuses
+    /// it, and under NotifyAccess=all its STOPPING=1 (a rollback's TERM)
+    /// would stop the whole unit.
+    fn sd_notify(&self, text: &str) {
+        if !self.role.is_successor() {
+            self.systemd.notify(text);
+        }
     }
 
     /// One line of state for systemd's STATUS=.

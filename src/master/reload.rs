@@ -50,7 +50,7 @@ impl Master {
     }
 
     fn start_reload(&mut self) {
-        self.systemd.notify(&format!(
+        self.sd_notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
             monotonic_usec()
         ));
@@ -76,7 +76,7 @@ impl Master {
                         one_line(&format!("{e:#}"))
                     )),
                 ));
-                self.systemd.notify(&format!(
+                self.sd_notify(&format!(
                     "READY=1\nSTATUS=reload rejected: {}",
                     one_line(&format!("{e:#}"))
                 ));
@@ -127,8 +127,7 @@ impl Master {
                 self.retired.push(l);
             }
         }
-        self.systemd
-            .notify(&format!("READY=1\nSTATUS={}", self.status()));
+        self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
         if std::mem::take(&mut self.reload_queued) {
             self.start_reload();
         }
@@ -172,7 +171,7 @@ impl Master {
         self.cfg = r.previous;
         self.generation = r.from;
         self.desired = self.cfg.workers;
-        self.systemd.notify(&format!(
+        self.sd_notify(&format!(
             "READY=1\nSTATUS=reload failed: {}",
             one_line(reason)
         ));

@@ -122,8 +122,7 @@ impl Master {
         }
         log::info!("promoted: old master {old} is gone");
         if self.ever_ready {
-            self.systemd
-                .notify(&format!("READY=1\nSTATUS={}", self.status()));
+            self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
         }
     }
 }

@@ -176,8 +176,9 @@ impl Master {
             failure: None,
             started: Instant::now(),
         };
-        self.systemd
-            .notify(&format!("STATUS=upgrading: new master {child} booting"));
+        self.sd_notify(&format!(
+            "STATUS=upgrading: new master {child} booting"
+        ));
         Ok(())
     }
 
@@ -218,7 +219,7 @@ impl Master {
                     started.elapsed().as_millis()
                 );
                 self.upgrade = Upgrade::Ready { child };
-                self.systemd.notify(&format!(
+                self.sd_notify(&format!(
                     "STATUS=upgrade: new master {child} ready"
                 ));
                 if held || self.cfg.auto_retire {
@@ -285,7 +286,7 @@ impl Master {
         if self.systemd.enabled() {
             // Still the main pid, so NotifyAccess=main accepts this;
             // never STOPPING=1 here, which would stop the whole unit.
-            self.systemd.notify(&format!(
+            self.sd_notify(&format!(
                 "MAINPID={child}\nSTATUS=handing over to new master {child}"
             ));
             if let Err(e) = self.systemd.barrier(Duration::from_secs(5)) {
@@ -336,7 +337,7 @@ impl Master {
                 self.upgrade_outcome = Some(Err(format!(
                     "upgrade failed: new master {pid} {what}: {why}"
                 )));
-                self.systemd.notify(&format!(
+                self.sd_notify(&format!(
                     "STATUS=upgrade failed: new master {pid} {what}"
                 ));
                 if let Some(p) = &self.cfg.pidfile {

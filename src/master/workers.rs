@@ -183,7 +183,7 @@ impl Master {
             }
             _ => {
                 log::error!("halting: workers failed to boot");
-                self.systemd.notify("STATUS=halted: workers failed to boot");
+                self.sd_notify("STATUS=halted: workers failed to boot");
                 let exit = Exit {
                     code,
                     reason: Some(line),
@@ -276,7 +276,7 @@ impl Master {
         if let Some((every, at)) = self.watchdog
             && at <= now
         {
-            self.systemd.notify("WATCHDOG=1");
+            self.sd_notify("WATCHDOG=1");
             self.watchdog = Some((every, now + every));
         }
     }

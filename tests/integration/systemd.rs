@@ -187,3 +187,39 @@ fn the_master_pings_systemds_watchdog() {
             .is_none()
     );
 }
+
+#[test]
+fn an_unpromoted_new_master_never_talks_to_systemd() {
+    let b = upgrader();
+    let pidfile = b.dir().join("u.pid");
+    let mut u = b
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "-p",
+            "u.pid",
+            "--auto-retire",
+            "off",
+        ])
+        .start();
+    u.ready();
+    u.signal(Signal::SIGUSR2);
+    let new = wait_pidfile(&pidfile.with_extension("pid.2"), None);
+    u.log
+        .wait_from(0, &[&format!("new master {new} ready")], LONG);
+    // Rollback: TERM to the new master. Under NotifyAccess=all its
+    // STOPPING=1 would stop the whole unit.
+    nix::sys::signal::kill(new, Signal::SIGTERM).unwrap();
+    u.log.wait_from(
+        0,
+        &[&format!("new master {new} exited with status 0")],
+        LONG,
+    );
+    let s = seen(&u);
+    assert!(!s.iter().any(|m| m.contains("STOPPING=1")), "{s:?}");
+    assert_eq!(
+        s.iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "{s:?}"
+    );
+}

@@ -118,6 +118,13 @@ fn usr2_runs_the_executable_now_on_disk() {
     std::fs::rename(&replacement, &exe).unwrap();
     let new = upgrade_cycle(&u, u.pid, &pidfile);
     assert!(marker.exists(), "USR2 must exec the file now at the path");
+    // The new master keeps the old one's process group (the shipped
+    // unit's ExecStop signals that group).
+    assert_eq!(
+        nix::unistd::getpgid(Some(new)).unwrap(),
+        u.pid,
+        "process group of the new master"
+    );
     let r = get_ok(&u.addr(0), "/");
     assert_eq!(r.num("master_pid"), new.as_raw() as u64);
 }
