@@ -46,11 +46,13 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { nix::libc::_exit(code) }
 }
 
-/// accept4(2) with `SOCK_CLOEXEC`, as an owned descriptor.
+/// accept4(2) with `SOCK_CLOEXEC | SOCK_NONBLOCK`, as an owned
+/// descriptor.
 pub fn accept(listener: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::SockFlag;
     let raw = nix::sys::socket::accept4(
         listener.as_raw_fd(),
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )?;
     // SAFETY: accept4 just returned this descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{self, MsgFlags, sockopt};
-use nix::sys::time::TimeVal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{self, MsgFlags};
 use nix::unistd::{Pid, getpid};
 
 use crate::http::{self, Info, ReadOutcome};
@@ -61,12 +62,19 @@ pub fn run(p: Params) -> ! {
     let mut keep = p.listeners.clone();
     keep.extend(crate::logging::file_fd());
     sys::close_fds_except(&keep);
-    match serve(&p, me) {
-        Ok(()) => sys::exit_now(0),
-        Err(e) => {
+    // A panic must end this process here: unwinding would return into
+    // the master's loop, in the child, and make a second master. (The
+    // release profile aborts on panic anyway; this covers debug builds.)
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(&p, me)
+    }));
+    match r {
+        Ok(Ok(())) => sys::exit_now(0),
+        Ok(Err(e)) => {
             log::error!("{e:#}");
             sys::exit_now(1)
         }
+        Err(_) => sys::exit_now(70), // EX_SOFTWARE; the panic hook printed why
     }
 }
 
@@ -76,7 +84,6 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
         .context("signal handlers")?;
     let signals =
         crate::signals::block_into_fd(&[Signal::SIGTERM, Signal::SIGUSR1])?;
-    // SAFETY-free borrow: the listeners stay open for the process's life.
     let listeners: Vec<BorrowedFd<'_>> =
         p.listeners.iter().map(|&fd| borrow(fd)).collect();
     for l in &listeners {
@@ -84,47 +91,42 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(*l, FcntlArg::F_SETFL(flags)).context("F_SETFL")?;
     }
+    // EPOLLEXCLUSIVE: a connection wakes one idle worker, not all of
+    // them (the thundering herd a plain poll on a shared listener has;
+    // nginx does the same). The signalfd is an ordinary member.
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+    for (i, l) in listeners.iter().enumerate() {
+        let ev = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+            i as u64,
+        );
+        ep.add(l, ev).context("epoll_ctl listener")?;
+    }
+    ep.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
+        .context("epoll_ctl signalfd")?;
     let notify = Notifier::new(p.notify.clone());
     notify.send("READY=1");
     log::debug!("accepting");
     let mut beat = Heartbeat::new(p.timeout);
     let mut served: u64 = 0;
     let mut buf = Box::new([0u8; http::MAX_HEAD]);
+    let mut events = [EpollEvent::empty(); 16];
     loop {
-        let wait = beat.wait(Instant::now());
-        let mut fds: Vec<PollFd<'_>> = listeners
-            .iter()
-            .map(|l| PollFd::new(*l, PollFlags::POLLIN))
-            .collect();
-        fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-        match poll(&mut fds, wait) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(e).context("poll"),
-        }
-        let readable: Vec<bool> =
-            fds.iter().map(|f| f.any().unwrap_or(false)).collect();
-        drop(fds);
-        let mut stop = false;
-        for sig in crate::signals::drain(&signals) {
-            match sig {
-                Signal::SIGTERM => stop = true,
-                Signal::SIGUSR1 => {
-                    if let Err(e) = crate::logging::reopen() {
-                        log::error!("{e:#}");
-                    }
+        let n = match ep.wait(&mut events, beat.wait(Instant::now())) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e).context("epoll_wait"),
+        };
+        for ev in &events[..n] {
+            if ev.data() == SIGNALS {
+                if handle_signals(&signals, &notify) {
+                    return Ok(());
                 }
-                _ => {}
-            }
-        }
-        if stop {
-            log::debug!("TERM: stopping");
-            notify.send("STOPPING=1");
-            return Ok(());
-        }
-        for (i, l) in listeners.iter().enumerate() {
-            if !readable[i] {
                 continue;
             }
+            let Some(l) = listeners.get(ev.data() as usize) else {
+                continue;
+            };
             // Accept until EAGAIN (someone else took it, or the queue is
             // empty), beating as we go.
             while let Some(conn) = accept(*l)? {
@@ -148,6 +150,30 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
         }
         beat.maybe_send(&notify, Instant::now(), served);
     }
+}
+
+/// The epoll token of the signalfd (listeners are 0..N).
+const SIGNALS: u64 = u64::MAX;
+
+/// TERM: stop (true); USR1: reopen the log file.
+fn handle_signals(signals: &SignalFd, notify: &Notifier) -> bool {
+    let mut stop = false;
+    for sig in crate::signals::drain(signals) {
+        match sig {
+            Signal::SIGTERM => stop = true,
+            Signal::SIGUSR1 => {
+                if let Err(e) = crate::logging::reopen() {
+                    log::error!("{e:#}");
+                }
+            }
+            _ => {}
+        }
+    }
+    if stop {
+        log::debug!("TERM: stopping");
+        notify.send("STOPPING=1");
+    }
+    stop
 }
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
@@ -187,10 +213,7 @@ fn handle(
     p: &Params,
     buf: &mut [u8; http::MAX_HEAD],
 ) {
-    let mut conn = Conn(conn);
-    if let Err(e) = conn.set_timeout(p.client_timeout) {
-        log::debug!("connection timeout: {e}");
-    }
+    let mut conn = Conn::new(conn, p.client_timeout);
     let r = match http::read_request(&mut conn, buf) {
         Ok(ReadOutcome::Request(req)) => {
             if p.hooks && req.path.starts_with("/_test/") {
@@ -268,31 +291,52 @@ fn hook(conn: &mut Conn, req: &http::Request, info: &Info) -> io::Result<()> {
     }
 }
 
-/// An accepted connection: plain read/send on the descriptor, whatever
-/// its family. Sends use MSG_NOSIGNAL so a vanished client is an EPIPE,
-/// not a SIGPIPE.
-struct Conn(OwnedFd);
-
-impl Conn {
-    fn set_timeout(&self, t: Duration) -> nix::Result<()> {
-        let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
-        socket::setsockopt(&self.0, sockopt::ReceiveTimeout, &tv)?;
-        socket::setsockopt(&self.0, sockopt::SendTimeout, &tv)
-    }
+/// An accepted connection, non-blocking: read and send go straight to
+/// the kernel, and only when one would block does the worker wait in
+/// poll, up to the connection's deadline. The request is nearly always
+/// there already and the response fits the socket buffer, so the common
+/// case costs no timeout syscalls at all. Sends use MSG_NOSIGNAL so a
+/// vanished client is an EPIPE, not a SIGPIPE.
+struct Conn {
+    fd: OwnedFd,
+    deadline: Instant,
 }
 
 impl Conn {
+    fn new(fd: OwnedFd, timeout: Duration) -> Conn {
+        Conn {
+            fd,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Waits until the socket is ready for `what`, or the deadline.
+    fn wait(&self, what: PollFlags) -> io::Result<()> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut p = [PollFd::new(self.fd.as_fd(), what)];
+            match poll(&mut p, t) {
+                Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// After a rejection the client may still be sending: closing with
     /// unread input makes the kernel send RST, and the client may lose
     /// our answer. So half-close, then drain briefly (bounded in bytes
     /// and time), as gunicorn's close_graceful and nginx's lingering
     /// close do.
     fn linger(&mut self) {
-        let _ = socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(&self.0),
-            socket::Shutdown::Write,
-        );
-        let _ = self.set_timeout(Duration::from_millis(200));
+        use std::os::fd::AsRawFd;
+        let _ = socket::shutdown(self.fd.as_raw_fd(), socket::Shutdown::Write);
+        self.deadline = Instant::now() + Duration::from_millis(200);
         let mut sink = [0u8; 4096];
         for _ in 0..64 {
             match self.read(&mut sink) {
@@ -305,15 +349,30 @@ impl Conn {
 
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        nix::unistd::read(&self.0, buf).map_err(io::Error::from)
+        loop {
+            match nix::unistd::read(&self.fd, buf) {
+                Err(Errno::EAGAIN) => self.wait(PollFlags::POLLIN)?,
+                Err(Errno::EINTR) => {}
+                r => return r.map_err(io::Error::from),
+            }
+        }
     }
 }
 
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)
-            .map_err(io::Error::from)
+        loop {
+            match socket::send(
+                self.fd.as_raw_fd(),
+                buf,
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Err(Errno::EAGAIN) => self.wait(PollFlags::POLLOUT)?,
+                Err(Errno::EINTR) => {}
+                r => return r.map_err(io::Error::from),
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
