@@ -55,6 +55,11 @@ impl Master {
                         since: now,
                         beat_by: timeout.map(|t| now + t),
                     };
+                    // A built-in worker counts its requests from here;
+                    // the count travels with its heartbeats.
+                    if !w.is_exec {
+                        w.requests = Some(0);
+                    }
                     self.on_ready(i);
                 }
             }

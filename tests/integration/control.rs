@@ -28,6 +28,7 @@ fn status_reload_reopen_and_stop() {
     let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(j["pid"].as_i64(), Some(u.pid.as_raw() as i64));
     assert_eq!(j["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(j["workers"][0]["requests"].as_u64(), Some(0), "{j}");
 
     let (rc, out) = s(&dir, &["reload", "--pid", "u.pid"]);
     assert_eq!(
