@@ -30,6 +30,9 @@
 #  * USR2 -> new master serving, TERM -> promoted (and promotion lag after
 #    the old master's exit), HUP -> new generation serving, worker SIGKILL
 #    -> replacement serving: medians of 5 trials, for upgrader and gunicorn;
+#  * the cost of one request when nothing amortizes it: one client at a
+#    time against 8 workers, upgrader vs the raw loop (wall and CPU time,
+#    context switches per request);
 #  * the idle master's RSS, threads and wakeups per second, from /proc.
 #
 # Installs what is missing: wrk (apt-get), gunicorn (pip, in a venv under
@@ -158,6 +161,11 @@ fi
 model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
 os_name="$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null || true)"
 revision="$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
+if [ -n "${UPGRADER_BIN:-}" ]; then
+    revision="repository at $revision; upgrader binary given"
+else
+    revision="built from the working tree at $revision"
+fi
 
 export BENCH_QUICK="$quick" BENCH_OUTPUT="$output" BENCH_RUN="$run_dir"
 export BENCH_UPGRADER="$upgrader_bin" BENCH_APP="$app_bin" BENCH_RAW="$raw_bin"
@@ -192,7 +200,7 @@ WRK, GUNICORN, SSA = E["BENCH_WRK"], E["BENCH_GUNICORN"], E["BENCH_SSA"]
 TRIALS = 5
 WORKERS = 2
 WRK_SECS = 2 if QUICK else 10
-ROUNDS = 1 if QUICK else 3          # interleaved wrk rounds per server
+ROUNDS = 1 if QUICK else 4          # interleaved wrk rounds per server
 WAIT = 3.0 if QUICK else 10.0       # bound on every "until it happens" wait
 IDLE_WINDOW = 0.4 if QUICK else 1.0  # per trial: 5 windows
 SETTLE = 0.5 if QUICK else 1.0
@@ -388,7 +396,7 @@ def master_stats(pid):
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("VmRSS", "Threads"):
+                if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
                     out[k] = int(v.split()[0])
         ctx = 0
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -399,9 +407,29 @@ def master_stats(pid):
         out["ctx"] = ctx
         st = proc_stat(pid)
         out["ticks"] = int(st[11]) + int(st[12])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        out["Pss"] = int(line.split()[1])
+        except OSError:
+            pass
     except (OSError, ValueError, TypeError, IndexError):
         return None
     return out
+
+
+def cpu_ns(pids):
+    """CPU time of every thread of these processes, in ns."""
+    t = 0
+    for p in pids:
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    t += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return t
 
 
 def pidfd(pid):
@@ -512,10 +540,11 @@ GUNICORN_NOCTL = "--no-control-socket" in subprocess.run(
     [GUNICORN, "--help"], capture_output=True, text=True, timeout=60).stdout
 
 
-def start(kind, port, workers, pidfile=None, extra=()):
-    """Starts one server; returns the Server (its pid is the master's)."""
+def start(kind, port, workers, pidfile=None, extra=(), tag=None):
+    """Starts one server; returns the Server (its pid is the master's).
+    Its output goes to RUN/<tag>.log."""
     bind = f"127.0.0.1:{port}"
-    tag = f"{kind}-{port}"
+    tag = tag or f"{kind}-{port}"
     if kind == "upgrader":
         argv = [UPGRADER, "--bind", bind, "-w", str(workers), *extra]
         if pidfile:
@@ -607,7 +636,7 @@ def throughput_round(key, kind, workers, extra, watch, acc):
     port = free_port()
     pidfile = os.path.join(RUN, f"tp-{key}.pid") if kind in ("upgrader", "exec") else None
     try:
-        srv = start(kind, port, workers, pidfile, extra)
+        srv = start(kind, port, workers, pidfile, extra, f"throughput-{key}-{len(acc['runs']) + 1}")
     except OSError as e:
         acc["na"] = f"cannot start: {e}"
         return
@@ -619,38 +648,59 @@ def throughput_round(key, kind, workers, extra, watch, acc):
         if "sample" not in acc:
             acc["sample"] = fetch(port) or b""
         wrk(port, 1)  # warm-up
+        pids = [srv.pid] + descendants(srv.pid)
         s0 = master_stats(srv.pid) if watch else None
+        c0 = cpu_ns(pids)
         t0 = now()
         res = wrk(port, WRK_SECS)
         wall = now() - t0
+        c1 = cpu_ns(pids)
         s1 = master_stats(srv.pid) if watch else None
         if res is None:
             acc["na"] = "wrk failed"
             return
+        if res["requests"]:
+            res["cpu_us"] = (c1 - c0) / 1e3 / res["requests"]
         acc["runs"].append(res)
+        acc["byround"][acc["round"]] = res
         if s0 and s1:
             tck = os.sysconf("SC_CLK_TCK")
             acc["cpu"].append((s1["ticks"] - s0["ticks"]) / tck / wall * 100.0)
+            acc["rss_before"].append(s0["VmRSS"] / 1024.0)
             acc["rss_after"].append(s1["VmRSS"] / 1024.0)
     finally:
         stop_everything([srv.pid])
 
 
 def throughput():
-    accs = {k: {"runs": [], "cpu": [], "rss_after": [], "na": None} for k, *_ in TP_KINDS}
+    accs = {k: {"runs": [], "byround": {}, "cpu": [], "rss_before": [], "rss_after": [],
+                "na": None} for k, *_ in TP_KINDS}
     for rnd in range(ROUNDS):
-        for key, kind, workers, extra, watch in TP_KINDS:
+        # Compared servers run back to back, in ABBA order across rounds,
+        # so that a drift in the machine's background load hits both.
+        order = TP_KINDS if rnd % 2 == 0 else [TP_KINDS[i] for i in (2, 0, 4, 3, 1)]
+        for key, kind, workers, extra, watch in order:
             if accs[key]["na"]:
                 continue
             log(f"throughput {key} (round {rnd + 1}/{ROUNDS}, {WRK_SECS} s)")
+            accs[key]["round"] = rnd
             throughput_round(key, kind, workers, extra, watch, accs[key])
+    # Ratios are medians of per-round ratios (paired runs), not ratios of
+    # medians: more robust on a machine whose load changes.
+    for a, b in (("builtin", "gunicorn"), ("builtin", "raw"), ("exec", "alone")):
+        for m in ("rps", "p50", "p99", "cpu_us"):
+            ra, rb = accs[a]["byround"], accs[b]["byround"]
+            put(f"pair.{m}.{a}/{b}", [ra[i][m] / rb[i][m] for i in ra
+                                      if i in rb and ra[i].get(m) and rb[i].get(m)])
     for key, acc in accs.items():
         runs = acc["runs"]
         na = acc["na"] if not runs else None
         put(f"{key}.rps", [r["rps"] for r in runs], na)
         put(f"{key}.p50", [r["p50"] for r in runs], na)
         put(f"{key}.p99", [r["p99"] for r in runs], na)
+        put(f"{key}.cpu_us", [r.get("cpu_us") for r in runs], na)
         put(f"{key}.cpu", acc["cpu"], na)
+        put(f"{key}.rss_before", acc["rss_before"], na)
         put(f"{key}.rss_after", acc["rss_after"], na)
         bad = sum(r["errors"] + r["non2xx"] for r in runs)
         total = sum(r["requests"] for r in runs)
@@ -661,20 +711,112 @@ def throughput():
             NOTES.append(f"wrk {key}: a round failed: {acc['na']}")
     a, c = accs["builtin"].get("sample"), accs["raw"].get("sample")
     if a and c:
-        ha, hc = a.partition(b"\r\n\r\n")[0], c.partition(b"\r\n\r\n")[0]
+        # Content-Length depends on the pids' digit counts: compare the shape.
+        ha, hc = (re.sub(rb"\d+", b"N", x.partition(b"\r\n\r\n")[0]) for x in (a, c))
         NOTES.append(f"response bytes: upgrader {len(a)}, raw loop {len(c)}; head "
                      + ("identical" if ha == hc else f"DIFFERS: {ha!r} vs {hc!r}"))
 
 
 # ---- signals: USR2 + TERM ---------------------------------------------------
+#
+# After USR2 the old workers keep accepting too, and an idle old worker
+# may be preferred by the kernel (upgrader's workers wait in epoll with
+# EPOLLEXCLUSIVE, which wakes the earliest-registered idle waiter), so a
+# probe would show "serving" only once the old master is retired. So,
+# before each USR2, every old worker is kept busy with a request whose
+# head is not finished yet (a sync worker serves one connection at a
+# time), and the probe, queued in the backlog, is answered by the first
+# new worker able to serve. The held requests are then completed (and
+# must be answered) before TERM.
+
+HELD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+def hold(port, n):
+    held = []
+    for _ in range(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(HELD)
+            held.append(s)
+        except OSError:
+            pass
+    time.sleep(0.05)  # accepted by now: the workers were idle
+    return held
+
+
+def release(held):
+    """Completes the held requests; how many were not answered."""
+    bad = 0
+    for s in held:
+        try:
+            s.sendall(b"\r\n")
+            data = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+            bad += not data.startswith(b"HTTP/1.1 200 ")
+        except OSError:
+            bad += 1
+        finally:
+            s.close()
+    return bad
+
+
+def probe_new_master(port, old, pidfile, limit):
+    """Probes until a response from a master other than old. Returns
+    (response, time it arrived, time <pidfile>.2 first named a new
+    master, failures)."""
+    deadline = now() + limit
+    t_ready = None
+    failures = 0
+    while now() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            failures += 1
+            time.sleep(POLL)
+            continue
+        with s:
+            data = b""
+            try:
+                s.sendall(REQUEST)
+                s.setblocking(False)
+                while now() < deadline:
+                    if t_ready is None and read_pid(pidfile + ".2") not in (None, old):
+                        t_ready = now()
+                    if select.select([s], [], [], 0.0005)[0]:
+                        b = s.recv(65536)
+                        if not b:
+                            break
+                        data += b
+            except OSError:
+                failures += 1
+                continue
+        t = now()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200 "):
+            failures += 1
+            continue
+        try:
+            j = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(j, dict) and j.get("master_pid") not in (None, old):
+            return j, t, t_ready, failures
+    return None, None, t_ready, failures
+
 
 def upgrade(kind):
     """USR2 -> new master serving; TERM -> promoted; lag after old exit."""
     key = "u" if kind == "upgrader" else "g"
     port = free_port()
     pidfile = os.path.join(RUN, f"{kind}-upgrade.pid")
-    srv = start(kind, port, WORKERS, pidfile, ("--timeout", "0") if kind == "upgrader" else ())
-    usr2, term, lag, drain = [], [], [], []
+    srv = start(kind, port, WORKERS, pidfile, ("--timeout", "0") if kind == "upgrader" else (),
+                f"usr2-{kind}")
+    usr2, ready, term, lag, drain = [], [], [], [], []
     na_usr2 = na_term = None
     fails = 0
     masters = [srv.pid]
@@ -688,22 +830,28 @@ def upgrade(kind):
             if not old:
                 na_usr2 = na_term = f"no pidfile before trial {i + 1}"
                 break
+            held = hold(port, WORKERS)
             t0 = now()
             os.kill(old, signal.SIGUSR2)
-            r, f = poll_until(port, lambda r: r.get("master_pid") not in (None, old), WAIT)
-            fails += f
+            r, t_serv, t_ready, f = probe_new_master(port, old, pidfile, WAIT)
+            fails += f + release(held)
             if r is None:
                 na_usr2 = (f"no response from a new master within {WAIT:g} s of USR2; "
                            f"log: {srv.last_line(r'(?i)usr2|upgrade|not implemented') or srv.last_line()}")
                 na_term = "no new master to promote"
                 break
-            usr2.append(ms_since(t0))
+            usr2.append(ms_since(t0, t_serv))
             new = r["master_pid"]
             masters.append(new)
-            # The new master says it is ready by writing <pidfile>.2.
+            # The new master says it is ready by writing <pidfile>.2 (upgrader:
+            # once its workers are ready; gunicorn: at boot).
             deadline = now() + WAIT
             while now() < deadline and read_pid(pidfile + ".2") != new:
-                time.sleep(0.001)
+                time.sleep(POLL)
+            if t_ready is None and read_pid(pidfile + ".2") == new:
+                t_ready = now()
+            if t_ready is not None:
+                ready.append(ms_since(t0, t_ready))
             fd = pidfd(old)
             t1 = now()
             os.kill(old, signal.SIGTERM)
@@ -731,6 +879,7 @@ def upgrade(kind):
                 lag.append((t_prom - t_exit) * 1000.0)
     finally:
         put(f"usr2.{key}", usr2, na_usr2)
+        put(f"ready.{key}", ready, na_usr2)
         put(f"term.{key}", term, na_term)
         put(f"lag.{key}", lag, na_term)
         put(f"drain.{key}", drain, na_term)
@@ -745,7 +894,8 @@ def reload(kind):
     key = "u" if kind == "upgrader" else "g"
     port = free_port()
     pidfile = os.path.join(RUN, f"{kind}-reload.pid")
-    srv = start(kind, port, WORKERS, pidfile, ("--timeout", "0") if kind == "upgrader" else ())
+    srv = start(kind, port, WORKERS, pidfile, ("--timeout", "0") if kind == "upgrader" else (),
+                f"hup-{kind}")
     hup, gone = [], []
     na = na_gone = None
     fails = 0
@@ -816,7 +966,7 @@ def respawn(kind):
     for i in range(TRIALS):
         port = free_port()
         pidfile = os.path.join(RUN, f"{kind}-respawn.pid")
-        srv = start(kind, port, 1, pidfile, extra)
+        srv = start(kind, port, 1, pidfile, extra, f"sigkill-{kind}-{i + 1}")
         try:
             why = wait_ready(srv, port, pidfile)
             if why:
@@ -843,13 +993,64 @@ def respawn(kind):
         NOTES.append(f"{kind} SIGKILL trials: {fails} probe(s) failed (refused, reset or non-200)")
 
 
+# ---- low load: one client at a time, many workers ----------------------------
+
+LOW_WORKERS = 8
+LOW_REQUESTS = 200 if QUICK else 1000  # per batch, 5 batches
+
+
+def ctx_switches(pids):
+    c = 0
+    for p in pids:
+        s = master_stats(p)
+        c += s["ctx"] if s else 0
+    return c
+
+
+def lowload(kind, tag):
+    """Sequential requests (one connection at a time) to LOW_WORKERS
+    workers: what each request costs when nothing amortizes it."""
+    port = free_port()
+    srv = start(kind, port, LOW_WORKERS, None, ("--timeout", "0") if kind == "upgrader" else (),
+                f"lowload-{kind}")
+    wall, cpu, ctx = [], [], []
+    na = None
+    try:
+        why = wait_ready(srv, port)
+        if why:
+            na = why
+            return
+        deadline = now() + 5
+        while now() < deadline and len(descendants(srv.pid)) < LOW_WORKERS - (kind == "raw"):
+            time.sleep(0.01)
+        for _ in range(100):
+            fetch(port)
+        pids = [srv.pid] + descendants(srv.pid)
+        for _ in range(TRIALS):
+            c0, x0, t0 = cpu_ns(pids), ctx_switches(pids), now()
+            bad = sum(fetch(port) is None for _ in range(LOW_REQUESTS))
+            t1, c1, x1 = now(), cpu_ns(pids), ctx_switches(pids)
+            if bad:
+                na = f"{bad} of {LOW_REQUESTS} requests failed"
+                break
+            wall.append((t1 - t0) * 1e6 / LOW_REQUESTS)
+            cpu.append((c1 - c0) / 1e3 / LOW_REQUESTS)
+            ctx.append((x1 - x0) / LOW_REQUESTS)
+    finally:
+        put(f"lowwall.{tag}", wall, na)
+        put(f"lowcpu.{tag}", cpu, na)
+        put(f"lowctx.{tag}", ctx, na)
+        stop_everything([srv.pid])
+
+
 # ---- idle master --------------------------------------------------------------
 
 def idle(kind, tag, extra):
     port = free_port()
     pidfile = os.path.join(RUN, f"{kind}-idle.pid")
-    srv = start(kind, port, WORKERS, pidfile, extra)
-    rss, threads, wake = [], [], []
+    srv = start(kind, port, WORKERS, pidfile, extra, f"idle-{kind}")
+    rss, anon, pss, threads, wake = [], [], [], [], []
+    switches = 0
     na = None
     try:
         why = wait_ready(srv, port, pidfile)
@@ -866,10 +1067,19 @@ def idle(kind, tag, extra):
                 na = f"master {srv.pid} gone: {srv.last_line()}"
                 break
             rss.append(s1["VmRSS"] / 1024.0)
+            anon.append(s1.get("RssAnon", 0) / 1024.0)
+            if "Pss" in s1:
+                pss.append(s1["Pss"] / 1024.0)
             threads.append(s1["Threads"])
-            wake.append((s1["ctx"] - s0["ctx"]) / IDLE_WINDOW)
+            switches += s1["ctx"] - s0["ctx"]
+        # Wakeups are sparse (gunicorn: one a second): the rate over the
+        # whole observation, not a median of per-window rates.
+        if len(rss) == TRIALS:
+            wake.append(switches / (TRIALS * IDLE_WINDOW))
     finally:
         put(f"rss.{tag}", rss, na)
+        put(f"anon.{tag}", anon, na)
+        put(f"pss.{tag}", pss, na)
         put(f"threads.{tag}", threads, na)
         put(f"wake.{tag}", wake, na)
         stop_everything([srv.pid])
@@ -886,13 +1096,20 @@ def fmt(key, unit):
     v = r["v"]
     m = statistics.median(v)
     if unit == "rps":
-        return f"{m:,.0f}"
+        s = f"{m:,.0f}"
+        if len(v) > 1:
+            s += f" ({min(v) / 1000:,.1f}k–{max(v) / 1000:,.1f}k)"
+        return s
+    if unit == "us":
+        return f"{m:.0f}"
+    if unit == "us1":
+        return f"{m:.1f}"
     if unit == "int":
         return f"{m:.0f}"
     if unit == "pct":
         return f"{m:.1f} %"
     if unit in ("mib", "wake"):
-        return f"{m:.1f}" if unit == "mib" else f"{m:.2f}"
+        return f"{m:.2f}"
     if unit == "ms":
         s = f"{m:.1f}"
         if len(v) > 1:
@@ -902,10 +1119,20 @@ def fmt(key, unit):
 
 
 def ratio(a, b):
+    m = a.rsplit(".", 1)[-1]
+    pair = f"pair.{m}.{a.split('.')[0]}/{b.split('.')[0]}"
+    if pair in R:
+        return fmt_ratio(med(pair))
     x, y = med(a), med(b)
     if x is None or y is None or y == 0:
         return "—"
-    return f"{x / y:.2f}×"
+    return fmt_ratio(x / y)
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "—"
+    return f"{r:.2f}×" if r >= 2 else f"{r:.3f}×"
 
 
 def verdict(ok):
@@ -931,22 +1158,35 @@ def table():
     row(f"built-in worker ×{WORKERS}: requests/s", fmt("builtin.rps", "rps"), fmt("gunicorn.rps", "rps"),
         fmt("raw.rps", "rps"), ratio("builtin.rps", "gunicorn.rps"), ratio("builtin.rps", "raw.rps"),
         "≥ 5× gunicorn, ≥ 0.9× raw",
-        check(lambda a, b, c: a >= 5 * b and a >= 0.9 * c, "builtin.rps", "gunicorn.rps", "raw.rps"))
+        check(lambda g, r: g >= 5 and r >= 0.9, "pair.rps.builtin/gunicorn", "pair.rps.builtin/raw"))
     for q in ("50", "99"):
         row(f"built-in worker: p{q} latency, ms", fmt(f"builtin.p{q}", "ms"), fmt(f"gunicorn.p{q}", "ms"),
             fmt(f"raw.p{q}", "ms"), ratio(f"builtin.p{q}", f"gunicorn.p{q}"),
             ratio(f"builtin.p{q}", f"raw.p{q}"), "", None)
+    row("built-in worker: server CPU µs per request", fmt("builtin.cpu_us", "us1"),
+        fmt("gunicorn.cpu_us", "us1"), fmt("raw.cpu_us", "us1"),
+        ratio("builtin.cpu_us", "gunicorn.cpu_us"), ratio("builtin.cpu_us", "raw.cpu_us"), "", None)
+    row(f"1 client at a time, ×{LOW_WORKERS} workers: µs per request (wall)", fmt("lowwall.u", "us"), "—",
+        fmt("lowwall.r", "us"), "—", ratio("lowwall.u", "lowwall.r"), "", None)
+    row("… server CPU µs per request (all processes)", fmt("lowcpu.u", "us"), "—",
+        fmt("lowcpu.r", "us"), "—", ratio("lowcpu.u", "lowcpu.r"), "", None)
+    row("… server context switches per request", fmt("lowctx.u", "wake"), "—",
+        fmt("lowctx.r", "wake"), "—", ratio("lowctx.u", "lowctx.r"), "", None)
     row("`--exec` Rust app ×1 vs app alone: requests/s", fmt("exec.rps", "rps"), "—", fmt("alone.rps", "rps"),
         "—", ratio("exec.rps", "alone.rps"), "≥ 0.98× alone",
-        check(lambda a, b: a >= 0.98 * b, "exec.rps", "alone.rps"))
+        check(lambda r: r >= 0.98, "pair.rps.exec/alone"))
     for q in ("50", "99"):
         row(f"`--exec` app: p{q} latency, ms", fmt(f"exec.p{q}", "ms"), "—", fmt(f"alone.p{q}", "ms"),
             "—", ratio(f"exec.p{q}", f"alone.p{q}"), "", None)
+    row("`--exec` app: server CPU µs per request", fmt("exec.cpu_us", "us1"), "—",
+        fmt("alone.cpu_us", "us1"), "—", ratio("exec.cpu_us", "alone.cpu_us"), "", None)
     row("master CPU under load (built-in / gunicorn; `--exec`)",
         f"{fmt('builtin.cpu', 'pct')}; {fmt('exec.cpu', 'pct')}", fmt("gunicorn.cpu", "pct"), "—", "", "",
         "≈ 0 (not on the data path)", check(lambda a, b: a < 1.0 and b < 1.0, "builtin.cpu", "exec.cpu"))
     row("USR2 → new master serving, ms", fmt("usr2.u", "ms"), fmt("usr2.g", "ms"), "—",
         ratio("usr2.u", "usr2.g"), "", "≤ 50 ms", check(lambda a: a <= 50, "usr2.u"))
+    row("… `<pidfile>.2` written (new master ready), ms", fmt("ready.u", "ms"), "—", "—",
+        "", "", "", None)
     row("TERM → promoted, ms", fmt("term.u", "ms"), fmt("term.g", "ms"), "—",
         ratio("term.u", "term.g"), "", "", None)
     row("… of which the old master's drain (TERM → exit), ms", fmt("drain.u", "ms"), fmt("drain.g", "ms"),
@@ -963,28 +1203,36 @@ def table():
         fmt("kill2.g", "ms"), "—", "", "", "", None)
     row("idle master RSS, MiB", fmt("rss.u0", "mib"), fmt("rss.g", "mib"), "—",
         ratio("rss.u0", "rss.g"), "", "≤ 3 MiB", check(lambda a: a <= 3.0, "rss.u0"))
-    row("master RSS after the throughput runs, MiB", fmt("builtin.rss_after", "mib"),
-        fmt("gunicorn.rss_after", "mib"), "—", "", "", "", None)
+    row("… of which anonymous (heap, stack, data), MiB", fmt("anon.u0", "mib"), fmt("anon.g", "mib"),
+        "—", ratio("anon.u0", "anon.g"), "", "", None)
+    row("… proportional share (PSS), MiB", fmt("pss.u0", "mib"), fmt("pss.g", "mib"),
+        "—", ratio("pss.u0", "pss.g"), "", "", None)
+    row("master RSS before → after a throughput run, MiB",
+        f"{fmt('builtin.rss_before', 'mib')} → {fmt('builtin.rss_after', 'mib')}",
+        f"{fmt('gunicorn.rss_before', 'mib')} → {fmt('gunicorn.rss_after', 'mib')}", "—", "", "",
+        "no growth", check(lambda a, b: b <= a + 0.05, "builtin.rss_before", "builtin.rss_after"))
     row("master threads", fmt("threads.u0", "int"), fmt("threads.g", "int"), "—", "", "", "1",
         check(lambda a: a == 1, "threads.u0"))
-    row("idle master wakeups/s, `--timeout 0`", fmt("wake.u0", "wake"), fmt("wake.g", "wake"), "—",
+    row("idle master wakeups (context switches)/s, `--timeout 0`", fmt("wake.u0", "wake"),
+        fmt("wake.g", "wake"), "—",
         "", "", "0", check(lambda a: a == 0, "wake.u0"))
-    row("idle master wakeups/s, default `--timeout` (30 s)", fmt("wake.u30", "wake"), "—", "—",
-        "", "", "", None)
 
     head = ["| figure | upgrader | gunicorn | raw loop / app alone | ÷ gunicorn | ÷ raw / alone | target | |",
             "| --- | --: | --: | --: | --: | --: | --- | --- |"]
-    na = [f"* {k}: n/a: {r['na']}" for k, r in R.items() if r["na"] and not r["v"]]
+    na = [f"* {k}: n/a: {r['na']}" for k, r in R.items()
+          if r["na"] and not r["v"] and not k.startswith("pair.")]
     return head + rows, na
 
 
 def main():
     gunicorn_app()
     version = subprocess.run([GUNICORN, "--version"], capture_output=True, text=True).stdout.strip()
-    wrk_v = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    wrk_v = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    wrk_v = wrk_v.split(" Copyright")[0].strip()
     alone = (f"`systemd-socket-activate -l ADDR --fdname=unknown APP`" if SSA
              else "the app exec'd on a socket bound by the script (LISTEN_FDS=1, LISTEN_PID)")
     t_start = now()
+    load0 = open("/proc/loadavg").read().split()[0]
     try:
         throughput()
         for kind in ("upgrader", "gunicorn"):
@@ -994,9 +1242,11 @@ def main():
             reload(kind)
             log(f"worker SIGKILL {kind}")
             respawn(kind)
+        log(f"one client at a time, {LOW_WORKERS} workers")
+        lowload("upgrader", "u")
+        lowload("raw", "r")
         log("idle masters")
         idle("upgrader", "u0", ("--timeout", "0"))
-        idle("upgrader", "u30", ())
         idle("gunicorn", "g", ())
     finally:
         stop_everything()
@@ -1006,16 +1256,19 @@ def main():
         f"Run: {E['BENCH_DATE']}, {mode}, {time.strftime('%M:%S', time.gmtime(now() - t_start))} "
         f"(min:s) of measuring.",
         "",
-        f"* Machine: {E['BENCH_MACHINE']}",
-        f"* Command: `{E['BENCH_COMMAND']}` (upgrader at `{E['BENCH_REVISION']}`)",
+        f"* Machine: {E['BENCH_MACHINE']}; load average {load0} at the start, "
+        f"{open('/proc/loadavg').read().split()[0]} at the end (1 min)",
+        f"* Command: `{E['BENCH_COMMAND']}` ({E['BENCH_REVISION']})",
         f"* Load: `wrk -t2 -c64 -d{WRK_SECS}s --latency` ({wrk_v}), {ROUNDS} interleaved run(s) per "
-        f"server after a 1 s warm-up, median shown; every server and wrk share the machine's cores.",
+        f"server after a 1 s warm-up (ABBA order), median (min–max) shown; ratios are medians of "
+        f"per-round ratios; every server and wrk share the machine's cores.",
         f"* Servers: upgrader `-w {WORKERS} --timeout 0` (built-in worker); {version} "
         f"`-w {WORKERS} --worker-class sync{' --no-control-socket' if GUNICORN_NOCTL else ''}` with "
         f"a WSGI app returning the same JSON; `raw-loop ADDR {WORKERS}` (benches/raw-loop); "
         f"upgrader `-w 1 --ready notify --exec upgrader-example-app` vs {alone}.",
         f"* Timings: median (min–max) of {TRIALS} trials, from sending the signal to the first "
-        f"response that proves the new master, generation or worker served it; SIGKILL trials on "
+        f"response that proves the new master, generation or worker served it (for USR2, with "
+        f"every old worker kept busy by an unfinished request); SIGKILL trials on "
         f"a fresh `-w 1` master each. Idle figures: {TRIALS} windows of {IDLE_WINDOW:g} s, "
         f"`-w {WORKERS}`.",
         "",
