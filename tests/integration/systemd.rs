@@ -2,6 +2,7 @@
 //! owns) and the real `systemd-socket-activate`: the exact notify
 //! sequence for start, HUP, USR2 and stop, and socket activation.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -84,30 +85,29 @@ fn usr2_hands_over_mainpid_then_barrier_and_never_stopping() {
     );
 }
 
-#[test]
-fn socket_activation_through_systemd_socket_activate() {
-    let activate = socket_activate();
+/// upgrader started by the real systemd-socket-activate, with two unix
+/// sockets named `web` and `admin`: it binds them, passes LISTEN_FDS
+/// with LISTEN_FDNAMES, and execs upgrader (`args`) in place on the
+/// first connection, keeping only the variables given with -E.
+fn activated(args: &[&str]) -> (Upgrader, PathBuf, PathBuf) {
     let b = upgrader();
     let web = b.dir().join("web.sock");
     let admin = b.dir().join("admin.sock");
     let notify = b.dir().join("systemd-notify.sock");
-    // systemd-socket-activate binds the sockets, passes LISTEN_FDS with
-    // names and execs upgrader in place on the first connection; it
-    // keeps only the variables given with -E.
-    let mut u = b
-        .program(activate)
+    let u = b
+        .program(socket_activate())
         .args(["-l", web.to_str().unwrap(), "-l", admin.to_str().unwrap()])
-        .args([
-            "--fdname=web:admin",
-            "-E",
-            &format!("NOTIFY_SOCKET={}", notify.display()),
-        ])
-        .args(["-E", "UPGRADER_TEST_HOOKS=1", BIN, "-w", "2", "--exec"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/python_app.py"
-        ))
+        .args(["--fdname=web:admin", "-E"])
+        .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+        .args(["-E", "UPGRADER_TEST_HOOKS=1", BIN])
+        .args(args.iter().copied())
         .start();
+    (u, web, admin)
+}
+
+#[test]
+fn socket_activation_through_systemd_socket_activate() {
+    let (mut u, web, admin) = activated(&["-w", "2", "--exec", PYTHON_APP]);
     let w = format!("unix:{}", web.display());
     let a = format!("unix:{}", admin.display());
     wait_until("the socket to exist", LONG, || web.exists());
@@ -134,28 +134,13 @@ fn socket_activation_through_systemd_socket_activate() {
 
 #[test]
 fn systemd_name_selects_a_passed_socket() {
-    let activate = socket_activate();
-    let b = upgrader();
-    let web = b.dir().join("web.sock");
-    let admin = b.dir().join("admin.sock");
-    let notify = b.dir().join("systemd-notify.sock");
-    let mut u = b
-        .program(activate)
-        .args(["-l", web.to_str().unwrap(), "-l", admin.to_str().unwrap()])
-        .args([
-            "--fdname=web:admin",
-            "-E",
-            &format!("NOTIFY_SOCKET={}", notify.display()),
-        ])
-        .args([BIN, "--bind", "systemd:admin"])
-        .start();
+    let (mut u, _web, admin) = activated(&["--bind", "systemd:admin"]);
     wait_until("the socket to exist", LONG, || admin.exists());
     get_ok(&format!("unix:{}", admin.display()), "/");
     u.ready();
     let text = u.log.text();
     assert!(text.contains("admin.sock (admin)"), "{text}");
     assert!(text.contains("matches no --bind: not served"), "{text}");
-    let _ = Duration::ZERO;
 }
 
 #[test]
