@@ -53,7 +53,13 @@ pub(super) struct Client {
     buf: Vec<u8>,
     pub(super) wait: Wait,
     done: bool,
+    /// A client must send its request by then, or it is dropped (a
+    /// silent connection must not hold a descriptor for ever).
+    pub(super) request_by: Instant,
 }
+
+/// How long a control client has to send its one-line request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Client {
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
@@ -86,6 +92,7 @@ impl Master {
                 buf: Vec::new(),
                 wait: Wait::Request,
                 done: false,
+                request_by: Instant::now() + REQUEST_TIMEOUT,
             });
         }
     }
@@ -195,7 +202,12 @@ impl Master {
                         _ => {}
                     }
                 }
-                Wait::Request | Wait::Exit => {}
+                Wait::Request => {
+                    if self.clients[i].request_by <= Instant::now() {
+                        self.clients[i].answer(false, "no request in time");
+                    }
+                }
+                Wait::Exit => {}
             }
         }
         self.clients.retain(|c| !c.done);

@@ -314,7 +314,17 @@ impl Master {
         let respawn = self.respawn_at.filter(|_| self.wants_spawn());
         let watchdog = self.watchdog.map(|(_, at)| at);
         let upgrade = self.upgrade.deadline();
-        workers.chain(respawn).chain(watchdog).chain(upgrade).min()
+        let clients = self
+            .clients
+            .iter()
+            .filter(|c| c.wait == control::Wait::Request)
+            .map(|c| c.request_by);
+        workers
+            .chain(respawn)
+            .chain(watchdog)
+            .chain(upgrade)
+            .chain(clients)
+            .min()
     }
 
     fn wants_spawn(&self) -> bool {

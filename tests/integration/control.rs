@@ -158,3 +158,28 @@ fn no_master_and_usage_errors() {
     let (rc, out) = s(&dir.0, &["restart", "--pid", "x"]);
     assert_eq!(rc, 2, "{out}");
 }
+
+#[test]
+fn a_silent_control_client_is_dropped() {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    let mut u = upgrader().args(["--bind", "127.0.0.1:0"]).start();
+    u.ready();
+    let name = format!("upgrader-control-{}", u.pid);
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .unwrap();
+    let mut c = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    c.set_read_timeout(Some(LONG)).unwrap();
+    let t = Instant::now();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "error no request in time\n");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    // The master is fine and still answers.
+    get_ok(&u.addr(0), "/");
+}
