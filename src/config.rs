@@ -110,7 +110,7 @@ impl Config {
             Some(s) => Some(parse_umask(s)?),
             None => None,
         };
-        let binds = o
+        let binds: Vec<BindSpec> = o
             .bind
             .into_iter()
             .map(|mut b| {
@@ -120,6 +120,14 @@ impl Config {
                 b
             })
             .collect();
+        // The same descriptor twice would have two owners (and a double
+        // close); other duplicates fail at bind with "in use".
+        for (i, b) in binds.iter().enumerate() {
+            let fd = matches!(b.addr, crate::listeners::Addr::Fd(_));
+            if fd && binds[..i].iter().any(|o: &BindSpec| o.addr == b.addr) {
+                bail!("--bind {}: given twice", b.addr);
+            }
+        }
         Ok(Config {
             binds,
             bind_options: BindOptions {
@@ -331,6 +339,9 @@ mod tests {
         assert!(e.contains("999"), "{e}");
         let e = load(&["--user", "no-such-user-here"]).unwrap_err();
         assert!(format!("{e:#}").contains("no such user"), "{e:#}");
+        let e = load(&["-b", "fd:7", "-b", "fd:7"]).unwrap_err().to_string();
+        assert!(e.contains("fd:7: given twice"), "{e}");
+        assert!(load(&["-b", "127.0.0.1:0", "-b", "127.0.0.1:0"]).is_ok());
         let e = load(&["--log-level", "loud"]).unwrap_err().to_string();
         assert!(e.contains("loud"), "{e}");
     }

@@ -107,6 +107,12 @@ fn control_command(
 }
 
 fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
+    // A master blocks its signals before anything else, so a HUP, USR1 or
+    // TERM that arrives while it starts waits for the loop instead of
+    // killing it (default actions). `-s` stays interruptible.
+    if cli.control.is_none() {
+        signals::block(&signals::HANDLED).map_err(runtime)?;
+    }
     let facts = Facts {
         under_systemd: env.notify_socket.is_some(),
     };

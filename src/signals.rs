@@ -68,12 +68,17 @@ pub fn mask(signals: &[Signal]) -> SigSet {
     set
 }
 
+/// Blocks `signals` (added to the mask).
+pub fn block(signals: &[Signal]) -> Result<()> {
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask(signals)), None)
+        .context("sigprocmask")
+}
+
 /// Blocks `signals` and opens a non-blocking, close-on-exec signalfd
-/// that reports them.
+/// that reports them (and any that arrived since they were blocked).
 pub fn block_into_fd(signals: &[Signal]) -> Result<SignalFd> {
+    block(signals)?;
     let set = mask(signals);
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .context("sigprocmask")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("signalfd")
 }
@@ -88,12 +93,6 @@ pub fn drain(fd: &SignalFd) -> Vec<Signal> {
         }
     }
     out
-}
-
-/// Empties the mask (in a freshly forked worker).
-pub fn unblock_all() -> Result<()> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .context("sigprocmask")
 }
 
 #[cfg(test)]

@@ -79,7 +79,8 @@ fn spawn_builtin(
     };
     match sys::fork().context("fork")? {
         Fork::Child => {
-            if let Err(e) = become_worker(ctx, Signal::SIGKILL) {
+            let mask = crate::signals::mask(&crate::worker::SIGNALS_READ);
+            if let Err(e) = become_worker(ctx, Signal::SIGKILL, &mask) {
                 log::error!("worker setup: {e:#}");
                 sys::exit_now(3);
             }
@@ -101,7 +102,12 @@ fn spawn_builtin(
 /// The first steps of every worker: own process group, working
 /// directory, umask, privileges, death with the master (set after the
 /// privilege drop, which clears it), and a clean signal state.
-fn become_worker(ctx: &Setup<'_>, death: Signal) -> Result<()> {
+///
+/// `mask` is the signal mask the worker runs with from here on: the
+/// master's blocked set is replaced in one step, never passing through
+/// an empty mask in which a signal meant for later (USR1 to reopen logs,
+/// TERM) would kill a worker still booting.
+fn become_worker(ctx: &Setup<'_>, death: Signal, mask: &SigSet) -> Result<()> {
     let cfg = ctx.config;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).context("setpgid")?;
     if let Some(dir) = &cfg.chdir {
@@ -118,7 +124,7 @@ fn become_worker(ctx: &Setup<'_>, death: Signal) -> Result<()> {
         sys::exit_now(1);
     }
     sys::reset_all_dispositions();
-    crate::signals::unblock_all()?;
+    mask.thread_set_mask().context("sigprocmask")?;
     Ok(())
 }
 
@@ -285,7 +291,7 @@ fn keeper(
     // SIGHUP is the keeper's parent-death signal: blocked below and read
     // synchronously, then checked against getppid, so a stray HUP is
     // harmless.
-    if let Err(e) = become_worker(ctx, Signal::SIGHUP) {
+    if let Err(e) = become_worker(ctx, Signal::SIGHUP, &SigSet::all()) {
         log::error!("worker setup: {e:#}");
         sys::exit_now(3);
     }
@@ -298,12 +304,11 @@ fn keeper(
     let mut keep = listeners.to_vec();
     keep.push(errors.as_raw_fd());
     sys::close_fds_except(&keep);
-    // Block everything: the master signals the whole group, and those
-    // signals are meant for the app; the keeper only waits.
+    // Everything is blocked (become_worker): the master signals the
+    // whole group, and those signals are meant for the app; the keeper
+    // only waits.
     let all = SigSet::all();
-    if all.thread_block().is_err()
-        || nix::sys::prctl::set_child_subreaper(true).is_err()
-    {
+    if nix::sys::prctl::set_child_subreaper(true).is_err() {
         sys::exit_now(3);
     }
     let app = match sys::fork() {

@@ -172,13 +172,16 @@ fn close_range(first: u32, last: u32, flags: c_int) {
     }
 }
 
-/// dup2(2) of `src` onto the descriptor number `target`, which stays
-/// owned by whoever owns it now (the log file fern writes to: reopening
-/// the log swaps the file under the same number, atomically).
+/// dup3(2) of `src` onto the descriptor number `target`, close-on-exec,
+/// which stays owned by whoever owns it now (the log file fern writes
+/// to: reopening the log swaps the file under the same number,
+/// atomically).
 pub fn replace_fd(src: BorrowedFd<'_>, target: RawFd) -> nix::Result<()> {
-    // SAFETY: dup2 with plain integers; `target` remains open and owned
+    // SAFETY: dup3 with plain integers; `target` remains open and owned
     // by its current owner, it only refers to a new file afterwards.
-    let r = unsafe { nix::libc::dup2(src.as_raw_fd(), target) };
+    let r = unsafe {
+        nix::libc::dup3(src.as_raw_fd(), target, nix::libc::O_CLOEXEC)
+    };
     Errno::result(r).map(|_| ())
 }
 
@@ -198,6 +201,9 @@ pub struct ExecImage {
     cwd: Option<CString>,
     /// Die with the parent (workers yes; a new master never).
     pdeathsig: bool,
+    /// Keep the signal mask (a new master: its predecessor's blocked
+    /// set, so nothing arrives unhandled while it starts).
+    keep_mask: bool,
 }
 
 const PID_DIGITS: usize = 20;
@@ -241,6 +247,7 @@ impl ExecImage {
             pid_vars,
             cwd: None,
             pdeathsig: true,
+            keep_mask: false,
         }
     }
 
@@ -249,6 +256,7 @@ impl ExecImage {
     pub fn for_successor(mut self, cwd: CString) -> ExecImage {
         self.cwd = Some(cwd);
         self.pdeathsig = false;
+        self.keep_mask = true;
         self
     }
 
@@ -270,9 +278,15 @@ impl ExecImage {
         // (signal-safety(7)); the pointer arrays are NUL-terminated and
         // point into buffers that live as long as `self`.
         unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if !self.keep_mask {
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(
+                    libc::SIG_SETMASK,
+                    &empty,
+                    std::ptr::null_mut(),
+                );
+            }
             reset_all_dispositions();
             if self.pdeathsig {
                 libc::prctl(

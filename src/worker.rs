@@ -28,6 +28,10 @@ use nix::unistd::{Pid, getpid};
 use crate::http::{self, Info, ReadOutcome};
 use crate::sys;
 
+/// The signals a built-in worker reads from its signalfd; blocked from
+/// the moment it is forked.
+pub const SIGNALS_READ: [Signal; 2] = [Signal::SIGTERM, Signal::SIGUSR1];
+
 pub struct Params {
     pub master: Pid,
     pub age: u64,
@@ -82,8 +86,7 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
     use anyhow::Context;
     sys::exit_zero_on(&[Signal::SIGQUIT, Signal::SIGINT])
         .context("signal handlers")?;
-    let signals =
-        crate::signals::block_into_fd(&[Signal::SIGTERM, Signal::SIGUSR1])?;
+    let signals = crate::signals::block_into_fd(&SIGNALS_READ)?;
     let listeners: Vec<BorrowedFd<'_>> =
         p.listeners.iter().map(|&fd| borrow(fd)).collect();
     for l in &listeners {
@@ -425,7 +428,9 @@ impl Heartbeat {
             None => PollTimeout::NONE,
             Some(_) => {
                 let left = self.next.saturating_duration_since(now);
-                let ms = left.as_millis().div_ceil(1).min(i32::MAX as u128);
+                // Round up: a sub-millisecond remainder must not become
+                // a zero timeout and a busy loop.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
                 PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
             }
         }

@@ -368,7 +368,10 @@ impl Master {
             if graceful { "graceful" } else { "fast" },
             self.workers.len()
         );
-        self.sd_notify("STOPPING=1\nSTATUS=stopping");
+        // After a hand-off the unit goes on under the new master.
+        if !self.handed_over {
+            self.sd_notify("STOPPING=1\nSTATUS=stopping");
+        }
         self.stop_all(
             graceful,
             Exit {
@@ -415,6 +418,8 @@ impl Master {
     /// WINCH: drain every worker, keep the master and the listeners.
     fn handle_drain(&mut self) {
         log::info!("WINCH: draining all workers; HUP brings them back");
+        // A reload in flight is over: its generation drains too.
+        self.settle_reload();
         self.desired = 0;
     }
 
@@ -444,7 +449,10 @@ impl Master {
         if !self.ever_ready {
             self.ever_ready = true;
             self.on_serving();
-        } else if self.reload.is_some() {
+        }
+        // Also right after on_serving: a HUP before the first
+        // generation was ready is a reload like any other.
+        if self.reload.is_some() {
             self.reload_ready();
         }
     }
@@ -483,6 +491,17 @@ impl Master {
     fn sd_notify(&self, text: &str) {
         if !self.role.is_successor() {
             self.systemd.notify(text);
+        }
+    }
+
+    /// Removes a unix socket file this master bound, unless a successor
+    /// inherited it (one exists, booting or ready, or took over) or this
+    /// master is itself a successor (SPEC 4: only the last master that
+    /// owns a socket unlinks it).
+    fn unlink(&self, l: &Listener) {
+        let successor = self.handed_over || self.upgrade.child().is_some();
+        if !successor && !self.role.is_successor() {
+            l.unlink();
         }
     }
 
@@ -525,11 +544,8 @@ impl Master {
                 crate::pidfile::remove_if_ours(p, self.me);
             }
         }
-        // A successor inherited the sockets: the socket files are its.
-        if !self.handed_over && !self.role.is_successor() {
-            for l in self.listeners.iter().chain(&self.retired) {
-                l.unlink();
-            }
+        for l in self.listeners.iter().chain(&self.retired) {
+            self.unlink(l);
         }
         self.notify.remove();
         let _ = (&self.cli, &self.facts);

@@ -63,7 +63,10 @@ impl Master {
             Ok((cfg, l))
         });
         let (cfg, listeners) = match loaded {
-            Ok(v) => v,
+            Ok(v) => {
+                self.reload_outcome = None;
+                v
+            }
             Err(e) => {
                 log::error!(
                     "reload rejected: {e:#}; generation {} keeps serving",
@@ -111,6 +114,23 @@ impl Master {
         });
     }
 
+    /// Ends a reload in flight where it stands (WINCH): the new
+    /// configuration stays, the previous listeners retire with the old
+    /// generation.
+    pub(super) fn settle_reload(&mut self) {
+        let Some(r) = self.reload.take() else { return };
+        self.retire_listeners(r.previous_listeners);
+        self.reload_queued = false;
+    }
+
+    fn retire_listeners(&mut self, previous: Vec<Rc<Listener>>) {
+        for l in previous {
+            if !self.listeners.iter().any(|n| Rc::ptr_eq(n, &l)) {
+                self.retired.push(l);
+            }
+        }
+    }
+
     /// Every worker of the new generation is ready: the old one retires
     /// (maintain does that) and the reload is complete.
     pub(super) fn reload_ready(&mut self) {
@@ -122,13 +142,11 @@ impl Master {
             self.generation,
             r.from
         );
-        for l in r.previous_listeners {
-            if !self.listeners.iter().any(|n| Rc::ptr_eq(n, &l)) {
-                self.retired.push(l);
-            }
-        }
+        self.retire_listeners(r.previous_listeners);
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
-        if std::mem::take(&mut self.reload_queued) {
+        if std::mem::take(&mut self.reload_queued)
+            && matches!(self.phase, super::Phase::Running)
+        {
             self.start_reload();
         }
     }
@@ -165,17 +183,21 @@ impl Master {
             if !self.listeners.iter().any(|o| Rc::ptr_eq(o, &l))
                 && Rc::strong_count(&l) == 1
             {
-                l.unlink();
+                self.unlink(&l);
             }
         }
         self.cfg = r.previous;
         self.generation = r.from;
         self.desired = self.cfg.workers;
-        self.sd_notify(&format!(
-            "READY=1\nSTATUS=reload failed: {}",
-            one_line(reason)
-        ));
-        if std::mem::take(&mut self.reload_queued) {
+        if matches!(self.phase, super::Phase::Running) {
+            self.sd_notify(&format!(
+                "READY=1\nSTATUS=reload failed: {}",
+                one_line(reason)
+            ));
+        }
+        if std::mem::take(&mut self.reload_queued)
+            && matches!(self.phase, super::Phase::Running)
+        {
             self.start_reload();
         }
     }
@@ -195,7 +217,7 @@ impl Master {
         }
         for l in std::mem::take(&mut self.retired) {
             if Rc::strong_count(&l) == 1 {
-                l.unlink();
+                self.unlink(&l);
             }
             log::info!("closed {} ({}): no longer bound", l.local, l.name);
         }

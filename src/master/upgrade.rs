@@ -67,7 +67,7 @@ impl Upgrade {
         }
     }
 
-    fn child(&self) -> Option<Pid> {
+    pub(super) fn child(&self) -> Option<Pid> {
         match self {
             Upgrade::Idle => None,
             Upgrade::Spawned { child, .. } | Upgrade::Ready { child } => {
@@ -104,6 +104,10 @@ impl Master {
             Some(format!("USR2 ignored: new master {child} exists"))
         } else if !matches!(self.phase, Phase::Running) {
             Some("USR2 ignored: stopping".to_string())
+        } else if self.reload.is_some() {
+            // An abandoned reload closes listeners a successor would
+            // have inherited: one change at a time (invariant 3).
+            Some("USR2 ignored: a reload is in flight".to_string())
         } else {
             None
         };
@@ -231,6 +235,9 @@ impl Master {
                 failure.get_or_insert_with(|| {
                     "exited before it was ready".to_string()
                 });
+                // EOF without the byte is a failure even if the child
+                // still runs (SPEC 7.2): it must not block the next USR2.
+                let _ = kill(*child, Signal::SIGKILL);
             }
         }
     }
@@ -270,8 +277,11 @@ impl Master {
             Upgrade::Ready { .. } => {
                 if matches!(self.phase, Phase::Running) {
                     self.retire(graceful);
+                    true
+                } else {
+                    // Retiring already: INT/QUIT may still hurry it.
+                    graceful
                 }
-                true
             }
             _ => false,
         }

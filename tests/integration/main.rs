@@ -14,6 +14,8 @@ mod control;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// One test per bug found in review.
+mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.
 mod reload;
 /// The built-in worker: serving, HTTP edge cases.
