@@ -10,7 +10,7 @@ use crate::harness::*;
 /// flight" for ever: every later HUP was only queued.
 #[test]
 fn a_hup_before_the_first_generation_is_ready_completes() {
-    let mut u = upgrader()
+    let u = upgrader()
         .args(["--bind", "127.0.0.1:0", "--ready", "delay:0.5"])
         .args(["--exec", PYTHON_APP])
         .start();
