@@ -86,6 +86,8 @@ pub struct Worker {
     /// built-in worker reports with it (`X_REQUESTS=`).
     pub last_beat: Option<Instant>,
     pub requests: Option<u64>,
+    /// An exec worker's keeper was asked to kill the app's tree.
+    pub keeper_asked: bool,
 }
 
 impl Worker {
@@ -104,6 +106,7 @@ impl Worker {
             is_exec: false,
             last_beat: None,
             requests: None,
+            keeper_asked: false,
         }
     }
 

@@ -29,6 +29,10 @@ use nix::unistd::{Pid, getpid, getppid, setpgid};
 use crate::config::{Config, Credentials, WorkerKind};
 use crate::sys::{self, Fork};
 
+/// Sent to a keeper alone (never to the group): SIGKILL the app and
+/// every descendant now.
+pub const KILL_TREE: Signal = Signal::SIGUSR2;
+
 /// Everything about the master a worker needs to know.
 pub struct Setup<'a> {
     pub master: Pid,
@@ -335,6 +339,10 @@ fn keeper(
             Ok(Signal::SIGHUP) if getppid() != ctx.master => {
                 kill_descendants();
                 sys::exit_now(1)
+            }
+            Ok(KILL_TREE) => {
+                kill_descendants();
+                sys::die_like(Signal::SIGKILL)
             }
             _ => {}
         }

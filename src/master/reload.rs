@@ -8,9 +8,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
-
-use super::{Master, workers::signal_group};
+use super::Master;
 use crate::config::Config;
 use crate::listeners::{self, Listener};
 use crate::pool::{State, Stop};
@@ -170,10 +168,10 @@ impl Master {
         ));
         for w in &mut self.workers {
             if w.generation == self.generation && !w.is_stopping() {
-                signal_group(w.pid, Signal::SIGKILL);
+                let kill_at = super::workers::kill(w, Instant::now());
                 w.state = State::Stopping {
                     why: Stop::Quit,
-                    kill_at: None,
+                    kill_at,
                 };
             }
         }

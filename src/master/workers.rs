@@ -234,10 +234,10 @@ impl Master {
                         w.role(),
                         self.cfg.boot_timeout
                     );
-                    signal_group(w.pid, Signal::SIGKILL);
+                    let kill_at = kill(w, now);
                     w.state = State::Stopping {
                         why: Stop::BootTimeout,
-                        kill_at: None,
+                        kill_at,
                     };
                 }
                 Some(Due::Late) => {
@@ -262,9 +262,9 @@ impl Master {
                 }
                 Some(Due::Kill) => {
                     log::warn!("{} still alive: SIGKILL", w.role());
-                    signal_group(w.pid, Signal::SIGKILL);
+                    let kill_at = kill(w, now);
                     if let State::Stopping { why, .. } = w.state {
-                        w.state = State::Stopping { why, kill_at: None };
+                        w.state = State::Stopping { why, kill_at };
                     }
                 }
             }
@@ -368,6 +368,23 @@ pub(super) fn signal_group(pid: Pid, sig: Signal) {
     {
         log::warn!("kill -{sig} -{pid}: {}", e.desc());
     }
+}
+
+/// SIGKILLs a worker with everything it started. A built-in worker: its
+/// process group. An exec worker: first its keeper is asked (SIGUSR2,
+/// to the keeper alone) to SIGKILL the app's whole tree, which as a
+/// subreaper it sees even where a descendant left the process group
+/// with setsid; a group SIGKILL would kill the keeper before it could.
+/// Returns when to fall back to the group SIGKILL, if the keeper does
+/// not answer.
+pub(super) fn kill(w: &mut Worker, now: Instant) -> Option<Instant> {
+    if w.is_exec && !w.keeper_asked {
+        w.keeper_asked = true;
+        let _ = nix::sys::signal::kill(w.pid, crate::spawn::KILL_TREE);
+        return Some(now + Duration::from_secs(1));
+    }
+    signal_group(w.pid, Signal::SIGKILL);
+    None
 }
 
 /// "exited with status 1", "killed by SIGKILL".

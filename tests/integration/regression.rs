@@ -137,3 +137,30 @@ fn usr2_is_refused_while_a_reload_is_in_flight() {
     u.log
         .wait_from(0, &["USR2 ignored: a reload is in flight"], LONG);
 }
+
+/// A process an exec app moved into a session of its own (setsid)
+/// survived the SIGKILL escalation: the group SIGKILL killed the keeper
+/// before it could sweep the app's tree.
+#[test]
+fn a_setsid_descendant_dies_when_the_worker_is_killed() {
+    let b = upgrader();
+    let child_pid = b.dir().join("child.pid");
+    let app = format!(
+        "trap '' TERM; setsid sleep 777 & echo $! > '{}'; \
+         while :; do sleep 1; done",
+        child_pid.display()
+    );
+    let mut u = b
+        .args(["--bind", "127.0.0.1:0", "--ready", "delay:0.2"])
+        .args(["--graceful-timeout", "0.5", "--exec", "sh", "-c", &app])
+        .start();
+    u.ready();
+    let child = wait_pidfile(&child_pid, None);
+    assert!(alive(child));
+    u.signal(Signal::SIGTERM);
+    u.log.wait_from(0, &["still alive: SIGKILL"], LONG);
+    assert_eq!(u.wait_exit(LONG).code(), Some(0));
+    wait_until("the setsid descendant gone", Duration::from_secs(2), || {
+        !alive(child)
+    });
+}
