@@ -124,8 +124,9 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     if let Some(verb) = &cli.control {
         return control_command(verb, &cli, &cfg);
     }
+    // An unwritable --log-file is a bad value in a good argument: 2.
     logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
-        .map_err(runtime)?;
+        .map_err(usage)?;
     // A new master (USR2) is "master.2" until promoted, as gunicorn's.
     let role = if env.predecessor.is_some() {
         "master.2"

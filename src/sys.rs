@@ -195,8 +195,11 @@ pub struct ExecImage {
     _env: Vec<Vec<u8>>,
     env_ptrs: Vec<*const c_char>,
     /// Entries such as `LISTEN_PID=`: the name, then fixed room for the
-    /// digits the child fills in with its own pid.
-    pid_vars: Vec<(usize, Vec<u8>)>,
+    /// digits the child fills in with its own pid; with a pointer to that
+    /// room, taken once, through which alone it is written (no later
+    /// reference to the buffers, whose addresses `env_ptrs` holds).
+    _pid_vars: Vec<Vec<u8>>,
+    pid_digits: Vec<*mut u8>,
     /// Working directory to change to before execve.
     cwd: Option<CString>,
     /// Die with the parent (workers yes; a new master never).
@@ -218,16 +221,25 @@ impl ExecImage {
         env: Vec<CString>,
         pid_vars: &[&str],
     ) -> ExecImage {
-        let pid_vars: Vec<(usize, Vec<u8>)> = pid_vars
+        let mut pid_vars: Vec<Vec<u8>> = pid_vars
             .iter()
             .map(|name| {
                 let mut v = Vec::with_capacity(name.len() + PID_DIGITS + 2);
                 v.extend_from_slice(name.as_bytes());
                 v.push(b'=');
-                let start = v.len();
-                v.resize(start + PID_DIGITS + 1, 0);
-                (start, v)
+                v.resize(name.len() + 1 + PID_DIGITS + 1, 0);
+                v
             })
+            .collect();
+        // Raw pointers only, from as_mut_ptr: the heap buffers never move
+        // (the Vecs are not touched again), and the child writes the
+        // digits through these, not through a new reference.
+        let var_ptrs: Vec<*mut u8> =
+            pid_vars.iter_mut().map(|v| v.as_mut_ptr()).collect();
+        let pid_digits: Vec<*mut u8> = pid_vars
+            .iter()
+            .zip(&var_ptrs)
+            .map(|(v, p)| p.wrapping_add(v.len() - PID_DIGITS - 1))
             .collect();
         let env: Vec<Vec<u8>> =
             env.into_iter().map(|c| c.into_bytes_with_nul()).collect();
@@ -236,7 +248,7 @@ impl ExecImage {
         argv_ptrs.push(std::ptr::null());
         let mut env_ptrs: Vec<*const c_char> =
             env.iter().map(|e| e.as_ptr().cast()).collect();
-        env_ptrs.extend(pid_vars.iter().map(|(_, v)| v.as_ptr().cast()));
+        env_ptrs.extend(var_ptrs.iter().map(|p| p.cast_const().cast()));
         env_ptrs.push(std::ptr::null());
         ExecImage {
             path,
@@ -244,7 +256,8 @@ impl ExecImage {
             argv_ptrs,
             _env: env,
             env_ptrs,
-            pid_vars,
+            _pid_vars: pid_vars,
+            pid_digits,
             cwd: None,
             pdeathsig: true,
             keep_mask: false,
@@ -327,8 +340,10 @@ impl ExecImage {
             );
 
             let pid = libc::getpid() as u64;
-            for (start, var) in &mut self.pid_vars {
-                write_decimal(&mut var[*start..], pid);
+            let (digits, len) = decimal(pid);
+            for &room in &self.pid_digits {
+                // Room for PID_DIGITS digits and the NUL (see new()).
+                std::ptr::copy_nonoverlapping(digits.as_ptr(), room, len);
             }
 
             libc::execve(
@@ -371,8 +386,9 @@ fn fail(errors: RawFd) -> ! {
     }
 }
 
-/// Writes `n` in decimal into `out`, NUL-terminated, without allocating.
-fn write_decimal(out: &mut [u8], mut n: u64) {
+/// `n` in decimal, NUL-terminated, in a fixed buffer, without
+/// allocating; with the length including the NUL.
+fn decimal(mut n: u64) -> ([u8; PID_DIGITS + 1], usize) {
     let mut tmp = [0u8; PID_DIGITS];
     let mut len = 0;
     loop {
@@ -383,10 +399,11 @@ fn write_decimal(out: &mut [u8], mut n: u64) {
             break;
         }
     }
+    let mut out = [0u8; PID_DIGITS + 1];
     for i in 0..len {
         out[i] = tmp[len - 1 - i];
     }
-    out[len] = 0;
+    (out, len + 1)
 }
 
 /// pidfd_open(2): a descriptor that becomes readable when `pid` exits,
@@ -421,11 +438,10 @@ mod tests {
 
     #[test]
     fn decimal_is_nul_terminated() {
-        let mut buf = [0xffu8; PID_DIGITS + 1];
-        write_decimal(&mut buf, 40213);
-        assert_eq!(&buf[..6], b"40213\0");
-        write_decimal(&mut buf, 0);
-        assert_eq!(&buf[..2], b"0\0");
+        let (buf, len) = decimal(40213);
+        assert_eq!(&buf[..len], b"40213\0");
+        let (buf, len) = decimal(0);
+        assert_eq!(&buf[..len], b"0\0");
     }
 
     #[test]
@@ -438,7 +454,7 @@ mod tests {
         );
         assert_eq!(img.env_ptrs.len(), 4);
         assert!(img.env_ptrs[3].is_null());
-        assert!(img.pid_vars[0].1.starts_with(b"LISTEN_PID="));
-        assert_eq!(img.pid_vars[1].0, "WATCHDOG_PID=".len());
+        assert!(img._pid_vars[0].starts_with(b"LISTEN_PID="));
+        assert_eq!(img.pid_digits.len(), 2);
     }
 }

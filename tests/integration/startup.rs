@@ -249,3 +249,13 @@ fn socket_mode_and_owner_apply_to_unix_sockets() {
     assert_eq!(st.code(), Some(2), "{out}");
     assert!(out.contains("--socket-mode 999"), "{out}");
 }
+
+#[test]
+fn an_unwritable_log_file_is_a_usage_error() {
+    let dir = TempDir::new();
+    let (st, out) =
+        run_to_end(&["--log-file", "/nonexistent/dir/u.log"], &dir.0);
+    assert_eq!(st.code(), Some(2), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("/nonexistent/dir/u.log"), "{out}");
+}

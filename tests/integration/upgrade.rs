@@ -264,7 +264,7 @@ fn auto_retire_hands_over_without_a_term() {
 }
 
 #[test]
-fn rollback_winch_old_hup_old_quit_new() {
+fn rollback_winch_old_hup_old_term_new() {
     let b = upgrader();
     let pidfile = b.dir().join("u.pid");
     let mut u = b
@@ -285,7 +285,9 @@ fn rollback_winch_old_hup_old_quit_new() {
     // ...until the operator decides to roll back.
     u.signal(Signal::SIGHUP);
     u.log.wait_from(from, &["reload complete"], LONG);
-    kill(new, Signal::SIGQUIT).unwrap();
+    // TERM, the graceful way out: QUIT would cut the requests the new
+    // master's workers have in hand ("exit now").
+    kill(new, Signal::SIGTERM).unwrap();
     u.log.wait_from(
         from,
         &[&format!("new master {new} exited with status 0")],
