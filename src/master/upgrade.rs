@@ -287,6 +287,29 @@ impl Master {
         }
     }
 
+    /// The new master died while this one was still draining after its
+    /// retirement: nobody would serve once this one exits. It still holds
+    /// the listeners, so it takes over again with a fresh generation (the
+    /// draining workers finish what they hold). Not under systemd: the
+    /// main pid was handed over already, and the dead one ends the unit.
+    fn take_over_again(&mut self, pid: Pid, what: &str) {
+        log::error!(
+            "new master {pid} {what} while this master was retiring: taking \
+             over again"
+        );
+        self.handed_over = false;
+        self.phase = Phase::Running;
+        self.last_generation += 1;
+        self.generation = self.last_generation;
+        self.desired = self.cfg.workers;
+        self.respawn_at = None;
+        if let Some(p) = &self.cfg.pidfile
+            && let Err(e) = pidfile::write(p, self.me)
+        {
+            log::error!("{e:#}");
+        }
+    }
+
     /// Hands over to the ready new master and drains.
     fn retire(&mut self, graceful: bool) {
         let Upgrade::Ready { child } = self.upgrade else {
@@ -358,7 +381,12 @@ impl Master {
                 }
             }
             Upgrade::Ready { .. } => {
-                if self.handed_over {
+                if self.handed_over
+                    && matches!(self.phase, Phase::Stopping { .. })
+                    && !self.systemd.enabled()
+                {
+                    self.take_over_again(pid, &what);
+                } else if self.handed_over {
                     log::info!("new master {pid} {what}");
                 } else {
                     log::error!(

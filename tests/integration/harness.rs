@@ -204,6 +204,7 @@ pub struct Upgrader {
 }
 
 pub struct Builder {
+    no_notify: bool,
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -221,6 +222,13 @@ impl Builder {
         a: I,
     ) -> Self {
         self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts without NOTIFY_SOCKET, as outside systemd (the fake
+    /// systemd still exists; nothing is sent to it).
+    pub fn env_remove_notify(mut self) -> Self {
+        self.no_notify = true;
         self
     }
 
@@ -256,6 +264,9 @@ impl Builder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if self.no_notify {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
         let mut child = cmd.spawn().expect("spawn upgrader");
         let log = Arc::new(Lines::default());
         for stream in [
@@ -288,6 +299,7 @@ impl Builder {
 
 pub fn upgrader() -> Builder {
     Builder {
+        no_notify: false,
         program: BIN.into(),
         args: Vec::new(),
         env: Vec::new(),

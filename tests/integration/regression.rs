@@ -167,3 +167,41 @@ fn a_setsid_descendant_dies_when_the_worker_is_killed() {
         !alive(child)
     });
 }
+
+/// The new master died while the old one was still draining after its
+/// retirement: once the old one exited, nobody served the port.
+#[test]
+fn the_old_master_takes_over_again_if_the_new_one_dies_while_it_drains() {
+    let b = upgrader();
+    let pidfile = b.dir().join("u.pid");
+    let u = b
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "-p",
+            "u.pid",
+            "--auto-retire",
+            "off",
+        ])
+        .env_remove_notify()
+        .start();
+    u.log.wait_from(0, &["serving"], LONG);
+    let a = u.addr(0);
+    // Keeps the old master draining after its retirement.
+    let (s, head) = slow_in_flight(&a, 1500);
+    u.signal(Signal::SIGUSR2);
+    let new = wait_pidfile(&pidfile.with_extension("pid.2"), None);
+    u.log
+        .wait_from(0, &[&format!("new master {new} ready")], LONG);
+    u.signal(Signal::SIGTERM);
+    u.log.wait_from(0, &["retiring: new master"], LONG);
+    kill(new, Signal::SIGKILL).unwrap();
+    u.log.wait_from(0, &["taking over again"], LONG);
+    wait_until("the old master serving again", LONG, || {
+        get(&a, "/")
+            .is_ok_and(|r| r.num("master_pid") == u.pid.as_raw() as u64)
+    });
+    assert_eq!(finish(s, head).status, 200, "the request in hand completes");
+    assert_eq!(wait_pidfile(&pidfile, None), u.pid);
+    assert!(alive(u.pid));
+}
