@@ -195,6 +195,7 @@ impl Master {
             retire_when_ready,
             failure,
             started,
+            deadline,
             ..
         } = &mut self.upgrade
         else {
@@ -231,13 +232,14 @@ impl Master {
                 }
             }
             Some(None) => {
+                // EOF without the byte: the upgrade failed (SPEC 7.2).
+                // The new master is normally exiting already (it closes
+                // the pipe just before it exits); one that still runs a
+                // second later is killed, so it cannot block the next
+                // USR2.
                 *ready = None;
-                failure.get_or_insert_with(|| {
-                    "exited before it was ready".to_string()
-                });
-                // EOF without the byte is a failure even if the child
-                // still runs (SPEC 7.2): it must not block the next USR2.
-                let _ = kill(*child, Signal::SIGKILL);
+                let soon = Instant::now() + Duration::from_secs(1);
+                *deadline = (*deadline).min(soon);
             }
         }
     }
@@ -248,13 +250,18 @@ impl Master {
             child,
             deadline,
             failure,
+            ready,
             ..
         } = &mut self.upgrade
             && failure.is_none()
             && *deadline <= now
         {
-            *failure =
-                Some(format!("not ready within {:?}", self.cfg.boot_timeout));
+            *failure = Some(match ready {
+                Some(_) => {
+                    format!("not ready within {:?}", self.cfg.boot_timeout)
+                }
+                None => "closed its ready pipe without being ready".into(),
+            });
             let _ = kill(*child, Signal::SIGKILL);
         }
     }

@@ -205,3 +205,31 @@ fn the_old_master_takes_over_again_if_the_new_one_dies_while_it_drains() {
     assert_eq!(wait_pidfile(&pidfile, None), u.pid);
     assert!(alive(u.pid));
 }
+
+/// EOF on the ready pipe made the old master SIGKILL the new one at
+/// once, but a new master stopping cleanly (TERM during its boot, a
+/// rollback) closes the pipe just before it exits: a clean stop turned
+/// into a SIGKILL. Found by scripts/systemd-check.sh.
+#[test]
+fn a_rolled_back_booting_new_master_exits_cleanly() {
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--ready", "delay:2"])
+        .args(["--auto-retire", "off", "--exec", PYTHON_APP])
+        .start();
+    u.ready();
+    u.signal(Signal::SIGUSR2);
+    let (_, _, line) =
+        u.log.wait_from(0, &["USR2: new master", "spawned"], LONG);
+    let new: i32 = line
+        .split("new master ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    u.log.wait_from(0, &["master.2[", "spawned worker["], LONG);
+    kill(nix::unistd::Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    let (_, _, failed) =
+        u.log.wait_from(0, &["upgrade failed: new master"], LONG);
+    assert!(failed.contains("exited with status 0"), "{failed}");
+    assert!(!failed.contains("SIGKILL"), "{failed}");
+}
