@@ -548,7 +548,6 @@ impl Master {
             self.unlink(l);
         }
         self.notify.remove();
-        let _ = (&self.cli, &self.facts);
         log::info!("master exiting");
     }
 }

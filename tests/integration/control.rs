@@ -58,16 +58,7 @@ fn status_reload_reopen_and_stop() {
 
 #[test]
 fn upgrade_returns_once_promoted() {
-    let mut u = upgrader()
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "-p",
-            "u.pid",
-            "--auto-retire",
-            "off",
-        ])
-        .start();
+    let mut u = upgrader().args(MANUAL_UPGRADE).start();
     u.ready();
     let dir = u.dir.0.clone();
     let (rc, out) = s(&dir, &["upgrade", "--pid", "u.pid"]);

@@ -297,6 +297,17 @@ impl Builder {
     }
 }
 
+/// A master on a kernel-chosen port with pidfile `u.pid`, retired by
+/// hand (TERM) after a USR2, as outside systemd.
+pub const MANUAL_UPGRADE: [&str; 6] = [
+    "--bind",
+    "127.0.0.1:0",
+    "-p",
+    "u.pid",
+    "--auto-retire",
+    "off",
+];
+
 pub fn upgrader() -> Builder {
     Builder {
         no_notify: false,
@@ -386,6 +397,19 @@ impl Upgrader {
             }
             poll_pause();
         }
+    }
+
+    /// Waits for USR2's "new master N spawned" line; returns N.
+    pub fn new_master(&self) -> Pid {
+        let (_, _, line) =
+            self.log
+                .wait_from(0, &["USR2: new master", "spawned"], LONG);
+        line.split("new master ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .map(Pid::from_raw)
+            .unwrap_or_else(|| panic!("no pid in {line:?}"))
     }
 
     /// Pids of the workers spawned so far, from the log.

@@ -174,17 +174,7 @@ fn a_setsid_descendant_dies_when_the_worker_is_killed() {
 fn the_old_master_takes_over_again_if_the_new_one_dies_while_it_drains() {
     let b = upgrader();
     let pidfile = b.dir().join("u.pid");
-    let u = b
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "-p",
-            "u.pid",
-            "--auto-retire",
-            "off",
-        ])
-        .env_remove_notify()
-        .start();
+    let u = b.args(MANUAL_UPGRADE).env_remove_notify().start();
     u.log.wait_from(0, &["serving"], LONG);
     let a = u.addr(0);
     // Keeps the old master draining after its retirement.
@@ -218,16 +208,9 @@ fn a_rolled_back_booting_new_master_exits_cleanly() {
         .start();
     u.ready();
     u.signal(Signal::SIGUSR2);
-    let (_, _, line) =
-        u.log.wait_from(0, &["USR2: new master", "spawned"], LONG);
-    let new: i32 = line
-        .split("new master ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let new = u.new_master();
     u.log.wait_from(0, &["master.2[", "spawned worker["], LONG);
-    kill(nix::unistd::Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    kill(new, Signal::SIGTERM).unwrap();
     let (_, _, failed) =
         u.log.wait_from(0, &["upgrade failed: new master"], LONG);
     assert!(failed.contains("exited with status 0"), "{failed}");

@@ -177,16 +177,7 @@ fn the_master_pings_systemds_watchdog() {
 fn an_unpromoted_new_master_never_talks_to_systemd() {
     let b = upgrader();
     let pidfile = b.dir().join("u.pid");
-    let mut u = b
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "-p",
-            "u.pid",
-            "--auto-retire",
-            "off",
-        ])
-        .start();
+    let mut u = b.args(MANUAL_UPGRADE).start();
     u.ready();
     u.signal(Signal::SIGUSR2);
     let new = wait_pidfile(&pidfile.with_extension("pid.2"), None);

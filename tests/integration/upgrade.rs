@@ -87,14 +87,7 @@ fn usr2_runs_the_executable_now_on_disk() {
     let marker = b.dir().join("new-binary-ran");
     // Started through a copy, by its path...
     let mut u = b
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "-p",
-            "u.pid",
-            "--auto-retire",
-            "off",
-        ])
+        .args(MANUAL_UPGRADE)
         .program(exe.to_str().unwrap())
         .start();
     u.ready();
@@ -163,29 +156,10 @@ fn a_new_master_whose_workers_cannot_boot_leaves_the_old_serving() {
 
 #[test]
 fn a_second_usr2_is_refused_while_a_new_master_exists() {
-    let mut u = upgrader()
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "-p",
-            "u.pid",
-            "--auto-retire",
-            "off",
-        ])
-        .start();
+    let mut u = upgrader().args(MANUAL_UPGRADE).start();
     u.ready();
     u.signal(Signal::SIGUSR2);
-    let (_, _, line) =
-        u.log.wait_from(0, &["USR2: new master", "spawned"], LONG);
-    let new: i32 = line
-        .split("new master ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let new = u.new_master();
     u.signal(Signal::SIGUSR2);
     u.log.wait_from(
         0,
@@ -195,7 +169,7 @@ fn a_second_usr2_is_refused_while_a_new_master_exists() {
     // The unpromoted new master refuses too.
     u.log
         .wait_from(0, &[&format!("upgrade: new master {new} ready")], LONG);
-    kill(Pid::from_raw(new), Signal::SIGUSR2).unwrap();
+    kill(new, Signal::SIGUSR2).unwrap();
     u.log
         .wait_from(0, &["USR2 ignored: not promoted yet"], LONG);
 }
