@@ -566,10 +566,22 @@ pub fn raw(addr: &str, request: &[u8]) -> std::io::Result<Response> {
     s.write_all(request)?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
-    parse(&out)
+    parse_response(&out, request.starts_with(b"HEAD "))
 }
 
+/// Parses a whole response and checks it is complete: the body must be
+/// exactly `Content-Length` bytes (a truncated body is a failed request,
+/// not a 200), and a JSON body must parse.
 pub fn parse(out: &[u8]) -> std::io::Result<Response> {
+    parse_response(out, false)
+}
+
+/// `parse`, for the answer to a HEAD request when `head_only` (a
+/// Content-Length with no body).
+pub fn parse_response(
+    out: &[u8],
+    head_only: bool,
+) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(out).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
         std::io::Error::other(format!("no complete response: {text:?}"))
@@ -581,6 +593,33 @@ pub fn parse(out: &[u8]) -> std::io::Result<Response> {
         .ok_or_else(|| {
             std::io::Error::other(format!("bad status line: {head:?}"))
         })?;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().map_err(|_| {
+            std::io::Error::other(format!("bad Content-Length: {head:?}"))
+        })?;
+        if !head_only && body.len() != len {
+            return Err(std::io::Error::other(format!(
+                "body of {} bytes, Content-Length {len}: {text:?}",
+                body.len()
+            )));
+        }
+    }
+    if !head_only
+        && header("content-type").as_deref() == Some("application/json")
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(body)
+    {
+        return Err(std::io::Error::other(format!(
+            "body is not JSON ({e}): {text:?}"
+        )));
+    }
     Ok(Response {
         status,
         head: head.to_string(),
@@ -627,7 +666,14 @@ pub fn finish(mut s: Stream, head: String) -> Response {
     let mut body = Vec::new();
     s.read_to_end(&mut body).expect("read body");
     parse(format!("{head}{}", String::from_utf8_lossy(&body)).as_bytes())
-        .unwrap()
+        .unwrap_or_else(|e| panic!("request in flight failed: {e}"))
+}
+
+/// Whether `pid` waits in epoll right now (an idle built-in worker), as
+/// opposed to serving a request (`/_test/slow` sleeps in nanosleep).
+pub fn idle_in_epoll(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .is_ok_and(|w| w.contains("epoll"))
 }
 
 /// Whether a TCP port can be bound right now.

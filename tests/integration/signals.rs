@@ -100,8 +100,18 @@ fn a_killed_worker_is_replaced_without_failing_other_requests() {
     u.ready();
     let a = u.addr(0);
     let (s, head) = slow_in_flight(&a, 400);
-    let busy = u.spawned();
-    let victim = *busy.iter().find(|p| alive(**p)).unwrap();
+    // The victim is the worker that is *not* serving the slow request:
+    // the idle one, asleep in epoll (the busy one sleeps in the hook).
+    let workers = u.spawned();
+    let mut victim = None;
+    wait_until("an idle worker to kill", LONG, || {
+        victim = workers
+            .iter()
+            .copied()
+            .find(|p| alive(*p) && idle_in_epoll(*p));
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
     let from = u.log.len();
     kill(victim, Signal::SIGKILL).unwrap();
     u.log.wait_from(
@@ -113,6 +123,11 @@ fn a_killed_worker_is_replaced_without_failing_other_requests() {
     // The request held by the other worker (or queued) completes.
     let r = finish(s, head);
     assert_eq!(r.status, 200);
+    assert_ne!(
+        r.num("worker_pid"),
+        victim.as_raw() as u64,
+        "the killed worker cannot have answered"
+    );
     for _ in 0..20 {
         get_ok(&a, "/");
     }
