@@ -93,6 +93,18 @@ impl Config {
         let ready =
             o.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1)));
         let timeout = heartbeat(&kind, ready, o.timeout.map(|s| s.0));
+        let timeout_signal =
+            o.timeout_signal.map(|s| s.0).unwrap_or(Signal::SIGABRT);
+        if timeout_signal == crate::spawn::KILL_TREE
+            && matches!(kind, WorkerKind::Exec { .. })
+        {
+            bail!(
+                "--timeout-signal {}: exec workers' keepers take it as \
+                 \"kill the whole tree now\"; choose another signal (ABRT, \
+                 TERM, INT, QUIT, USR1)",
+                timeout_signal.as_str().trim_start_matches("SIG")
+            );
+        }
         let backlog = o.backlog.unwrap_or(2048);
         if backlog < 1 {
             bail!("--backlog {backlog}: must be at least 1");
@@ -147,10 +159,7 @@ impl Config {
             pidfile: o.pid.map(absolute),
             config_file: o.config.map(absolute),
             timeout,
-            timeout_signal: o
-                .timeout_signal
-                .map(|s| s.0)
-                .unwrap_or(Signal::SIGABRT),
+            timeout_signal,
             kill_after: secs(o.kill_after, 2.0),
             graceful_timeout: secs(o.graceful_timeout, 30.0),
             ready,
@@ -312,6 +321,15 @@ mod tests {
         let c = load(&["--ready", "notify", "--timeout", "5", "--exec", "a"])
             .unwrap();
         assert_eq!(c.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn exec_workers_refuse_the_keepers_signal_as_timeout_signal() {
+        let e = load(&["--timeout-signal", "USR2", "--exec", "./app"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--timeout-signal USR2: "), "{e}");
+        assert!(load(&["--timeout-signal", "USR2"]).is_ok(), "built-in");
     }
 
     #[test]

@@ -54,9 +54,15 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_exit(e),
     };
+    // A new master (USR2) that fails to start tells its predecessor why
+    // on the ready pipe, so the upgrade is reported with its cause.
+    let ready_fd = env.predecessor.as_ref().and_then(|p| p.ready_fd);
     match run(cli, env) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
+            if let Some(fd) = ready_fd {
+                sys::write_if_pipe(fd, format!("!{:#}", f.error).as_bytes());
+            }
             eprintln!("upgrader: error: {:#}", f.error);
             ExitCode::from(f.code)
         }
@@ -145,6 +151,19 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
             "--timeout is ignored: exec workers owe a heartbeat only with \
              --ready notify"
         );
+    }
+    if matches!(cfg.kind, config::WorkerKind::Exec { .. }) {
+        for (given, what) in [
+            (cfg.max_requests > 0, "--max-requests"),
+            (cfg.max_requests_jitter > 0, "--max-requests-jitter"),
+            (cli.client_timeout.is_some(), "--client-timeout"),
+        ] {
+            if given {
+                log::warn!(
+                    "{what} is ignored: it applies to built-in workers only"
+                );
+            }
+        }
     }
     // Block the master's signals before anything is forked, so no child
     // is ever born between a signal and its handling.

@@ -17,7 +17,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{
@@ -44,6 +43,9 @@ pub fn pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
     text.lines().filter_map(|l| l.split_once('='))
 }
 
+/// The most datagrams one `Server::drain` reads.
+pub const DRAIN_MAX: usize = 256;
+
 /// The master's private notify socket, in a directory of its own.
 #[derive(Debug)]
 pub struct Server {
@@ -59,6 +61,7 @@ impl Server {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_stale(&base);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -97,11 +100,13 @@ impl Server {
         self.sock.as_fd()
     }
 
-    /// Every datagram waiting now.
+    /// The datagrams waiting now, at most `DRAIN_MAX` a call: a worker
+    /// flooding the socket must not keep the master from its other
+    /// events (the rest wait for the next round of the loop).
     pub fn drain(&self) -> Vec<Message> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..DRAIN_MAX {
             let mut cmsg = nix::cmsg_space!(UnixCredentials);
             let mut iov = [IoSliceMut::new(&mut buf)];
             let r = socket::recvmsg::<()>(
@@ -137,6 +142,51 @@ impl Server {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Removes the notify directories of masters that died without cleaning
+/// up (SIGKILL): `upgrader.<pid>.<n>` directories of this user whose
+/// socket nobody holds any more (a connect is refused). A directory of a
+/// live master, in this PID namespace or another sharing the directory,
+/// still answers and is left alone.
+fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) =
+            name.to_str().and_then(|n| n.strip_prefix("upgrader."))
+        else {
+            continue;
+        };
+        let ours = rest.split('.').count() == 2
+            && rest.split('.').all(|p| p.parse::<u64>().is_ok());
+        let dir = e.path();
+        let owned = std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if !ours || !owned {
+            continue;
+        }
+        let sock = dir.join("notify");
+        let refused = match UnixDatagram::unbound() {
+            Ok(s) => s.connect(&sock).is_err_and(|e| {
+                matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::ECONNREFUSED | nix::libc::ENOENT)
+                )
+            }),
+            Err(_) => false,
+        };
+        if refused {
+            let _ = std::fs::remove_file(&sock);
+            if std::fs::remove_dir(&dir).is_ok() {
+                log::debug!("removed stale notify dir {}", dir.display());
+            }
+        }
     }
 }
 
@@ -181,10 +231,12 @@ impl Systemd {
             }
         }
     }
-    /// `BARRIER=1`: waits until systemd has processed every message sent
-    /// before (it closes the pipe end we pass), at most `limit`.
-    pub fn barrier(&self, limit: Duration) -> Result<()> {
-        let Some(p) = &self.path else { return Ok(()) };
+    /// `BARRIER=1` (sd_notify_barrier(3)): sends it with the write end
+    /// of a pipe and returns the read end, which hangs up once systemd
+    /// has processed every message sent before (it closes the end we
+    /// passed). The caller waits for that in its own poll.
+    pub fn barrier(&self) -> Result<Option<OwnedFd>> {
+        let Some(p) = &self.path else { return Ok(None) };
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .context("pipe")?;
         let sock = UnixDatagram::unbound().context("socket")?;
@@ -197,29 +249,11 @@ impl Systemd {
             sock.as_raw_fd(),
             &iov,
             &cmsg,
-            MsgFlags::empty(),
+            MsgFlags::MSG_DONTWAIT,
             None,
         )
         .context("sendmsg BARRIER=1")?;
-        drop(w);
-        wait_hangup(r, limit)
-    }
-}
-
-fn wait_hangup(r: OwnedFd, limit: Duration) -> Result<()> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left =
-            deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(r.as_fd(), PollFlags::empty())];
-        match poll(&mut fds, ms) {
-            Ok(0) => anyhow::bail!("barrier: no answer in {limit:?}"),
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("poll barrier"),
-        }
+        Ok(Some(r))
     }
 }
 
@@ -238,5 +272,26 @@ mod tests {
         assert_eq!(pairs, [("READY", "1"), ("STATUS", "hi there")]);
         s.remove();
         assert!(!s.dir.exists());
+    }
+
+    #[test]
+    fn stale_dirs_are_removed_live_ones_kept() {
+        let base = std::env::temp_dir()
+            .join(format!("upgrader-notify-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        // A dead master's directory: the socket file with nobody bound.
+        let dead = base.join("upgrader.999999.1");
+        std::fs::create_dir_all(&dead).unwrap();
+        drop(UnixDatagram::bind(dead.join("notify")).unwrap());
+        let live = base.join("upgrader.1.2");
+        std::fs::create_dir_all(&live).unwrap();
+        let _held = UnixDatagram::bind(live.join("notify")).unwrap();
+        let other = base.join("something-else");
+        std::fs::create_dir_all(&other).unwrap();
+        remove_stale(&base);
+        assert!(!dead.exists(), "stale dir kept");
+        assert!(live.join("notify").exists(), "live socket removed");
+        assert!(other.exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

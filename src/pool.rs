@@ -88,6 +88,9 @@ pub struct Worker {
     pub requests: Option<u64>,
     /// An exec worker's keeper was asked to kill the app's tree.
     pub keeper_asked: bool,
+    /// When it became ready (kept once it is stopping, so its exit can
+    /// be judged by how long it served).
+    pub ready_since: Option<Instant>,
 }
 
 impl Worker {
@@ -107,7 +110,51 @@ impl Worker {
             last_beat: None,
             requests: None,
             keeper_asked: false,
+            ready_since: None,
         }
+    }
+
+    /// Booting -> Ready at `now`; `timeout` is the heartbeat it owes.
+    /// Returns false (and changes nothing) unless it was booting.
+    pub fn become_ready(
+        &mut self,
+        now: Instant,
+        timeout: Option<Duration>,
+    ) -> bool {
+        if !matches!(self.state, State::Booting { .. }) {
+            return false;
+        }
+        self.state = State::Ready {
+            since: now,
+            beat_by: timeout.map(|t| now + t),
+        };
+        self.ready_since = Some(now);
+        true
+    }
+
+    /// A heartbeat came: the next one is owed `timeout` from now.
+    pub fn beat(&mut self, now: Instant, timeout: Option<Duration>) {
+        self.last_beat = Some(now);
+        if let State::Ready {
+            since,
+            beat_by: Some(_),
+        } = self.state
+        {
+            self.state = State::Ready {
+                since,
+                beat_by: timeout.map(|t| now + t),
+            };
+        }
+    }
+
+    /// Asked (or decided) to go, for `why`; SIGKILL at `kill_at`.
+    pub fn stop(&mut self, why: Stop, kill_at: Option<Instant>) {
+        self.state = State::Stopping { why, kill_at };
+    }
+
+    /// How long it has been ready, if it ever was.
+    pub fn served_for(&self, now: Instant) -> Option<Duration> {
+        self.ready_since.map(|t| now.saturating_duration_since(t))
     }
 
     pub fn is_ready(&self) -> bool {

@@ -85,8 +85,7 @@ fn spawn_builtin(
         Fork::Child => {
             let mask = crate::signals::mask(&crate::worker::SIGNALS_READ);
             if let Err(e) = become_worker(ctx, Signal::SIGKILL, &mask) {
-                log::error!("worker setup: {e:#}");
-                sys::exit_now(3);
+                setup_failed(ctx, age, generation, e);
             }
             crate::worker::run(params)
         }
@@ -211,6 +210,63 @@ fn resolve(program: &Path, env: &[(OsString, OsString)]) -> PathBuf {
     program.to_path_buf()
 }
 
+/// One line for a failed exec of `program` (from `cwd`, if one was
+/// set): what failed and the OS reason, with a missing `#!` interpreter
+/// and a deleted working directory named as such rather than blamed on
+/// the program.
+pub fn describe_exec_failure(
+    program: &Path,
+    cwd: Option<&Path>,
+    stage: sys::ExecStage,
+    errno: nix::errno::Errno,
+) -> String {
+    use nix::errno::Errno;
+    let cwd_text = cwd.map_or("?".into(), |c| c.display().to_string());
+    match stage {
+        sys::ExecStage::Chdir => {
+            format!("chdir {cwd_text}: {}", errno.desc())
+        }
+        sys::ExecStage::Descriptors => {
+            format!(
+                "exec {}: passing the listeners: {}",
+                program.display(),
+                errno.desc()
+            )
+        }
+        sys::ExecStage::Execve => {
+            let full = match cwd {
+                Some(c) => c.join(program),
+                None => program.to_path_buf(),
+            };
+            if errno == Errno::ENOENT
+                && let Some(interp) = interpreter(&full)
+                && !interp.exists()
+            {
+                return format!(
+                    "exec {}: its interpreter {} (from its #! line) does \
+                     not exist",
+                    program.display(),
+                    interp.display()
+                );
+            }
+            format!("exec {}: {}", program.display(), errno.desc())
+        }
+    }
+}
+
+/// The interpreter a script names on its `#!` line, if it has one.
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let path = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .find(|w| !w.is_empty())?;
+    Some(PathBuf::from(OsStr::from_bytes(path)))
+}
+
 /// `KEY=VALUE` C strings for execve.
 pub fn envp(env: &[(OsString, OsString)]) -> Result<Vec<CString>> {
     env.iter()
@@ -261,7 +317,7 @@ fn spawn_exec(
         Fork::Child => {
             drop(out_r);
             drop(err_r);
-            keeper(ctx, &mut image, &listeners, err_w, out_w)
+            keeper(ctx, age, generation, &mut image, &listeners, err_w, out_w)
         }
         Fork::Parent(pid) => {
             let _ = setpgid(pid, pid);
@@ -284,9 +340,31 @@ fn spawn_exec(
     }
 }
 
+/// A worker's own setup failed (chdir, setuid, ...): it says why, in
+/// its log line under its own role and on the master's notify socket
+/// (so the boot failure the master reports carries the reason), and
+/// exits 3: it cannot boot.
+fn setup_failed(
+    ctx: &Setup<'_>,
+    age: u64,
+    generation: u64,
+    e: anyhow::Error,
+) -> ! {
+    crate::logging::set_role(crate::pool::role(getpid(), generation, age));
+    let reason = format!("setup failed: {e:#}");
+    log::error!("{reason}");
+    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ =
+            sock.send_to(format!("X_ERROR={reason}").as_bytes(), ctx.notify);
+    }
+    sys::exit_now(3)
+}
+
 /// The keeper: see the module header. Never returns.
 fn keeper(
     ctx: &Setup<'_>,
+    age: u64,
+    generation: u64,
     image: &mut sys::ExecImage,
     listeners: &[RawFd],
     errors: OwnedFd,
@@ -296,8 +374,7 @@ fn keeper(
     // synchronously, then checked against getppid, so a stray HUP is
     // harmless.
     if let Err(e) = become_worker(ctx, Signal::SIGHUP, &SigSet::all()) {
-        log::error!("worker setup: {e:#}");
-        sys::exit_now(3);
+        setup_failed(ctx, age, generation, e);
     }
     if nix::unistd::dup2_stdout(&output).is_err()
         || nix::unistd::dup2_stderr(&output).is_err()
@@ -380,14 +457,44 @@ fn kill_descendants() {
 }
 
 /// The direct children of `pid` (a single-threaded process), from
-/// /proc/PID/task/PID/children (proc(5)).
+/// /proc/PID/task/PID/children (proc(5)); where the kernel has no such
+/// file (CONFIG_PROC_CHILDREN off), from every process's parent pid.
 fn children(pid: Pid) -> Vec<Pid> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        Ok(text) => text
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .map(Pid::from_raw)
+            .collect(),
+        Err(_) => children_by_scan(pid),
+    }
+}
+
+/// The processes whose parent is `pid`, by reading /proc/*/stat.
+fn children_by_scan(pid: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parent_of(&s))
+                == Some(pid.as_raw())
+        })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// The parent pid in a /proc/PID/stat line (the field after the state,
+/// which follows the last ')' of the command name).
+fn parent_of(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -410,6 +517,20 @@ mod tests {
             assert!(is_private_var(OsStr::new(v)), "{v}");
         }
         assert!(!is_private_var(OsStr::new("PATH")));
+    }
+
+    #[test]
+    fn children_by_scan_finds_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let me = getpid();
+        let kids = children_by_scan(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(kids.contains(&Pid::from_raw(child.id() as i32)), "{kids:?}");
+        assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
     }
 
     #[test]

@@ -310,7 +310,7 @@ impl ExecImage {
             if let Some(cwd) = &self.cwd
                 && libc::chdir(cwd.as_ptr()) < 0
             {
-                fail(errors);
+                fail(errors, ExecStage::Chdir);
             }
 
             // Renumber in two phases so overlapping source and target
@@ -328,7 +328,7 @@ impl ExecImage {
             }
             for (i, &t) in tmp[..n].iter().enumerate() {
                 if libc::dup2(t, 3 + i as c_int) < 0 {
-                    fail(errors);
+                    fail(errors, ExecStage::Descriptors);
                 }
             }
             // Everything else (the temporaries included) goes at exec.
@@ -351,7 +351,7 @@ impl ExecImage {
                 self.argv_ptrs.as_ptr(),
                 self.env_ptrs.as_ptr(),
             );
-            fail(errors)
+            fail(errors, ExecStage::Execve)
         }
     }
 }
@@ -374,14 +374,46 @@ pub fn die_like(sig: Signal) -> ! {
     exit_now(128 + sig as i32)
 }
 
-/// Reports errno on the error pipe and exits 127 (the shell's "cannot
-/// execute" status).
-fn fail(errors: RawFd) -> ! {
-    let code = Errno::last_raw().to_ne_bytes();
-    // SAFETY: write and _exit are async-signal-safe; `code` is a local
-    // buffer of the length passed.
+/// The step of [`ExecImage::exec`] that failed, reported with its errno
+/// on the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStage {
+    /// chdir(2) to the recorded working directory (a new master).
+    Chdir = 1,
+    /// Renumbering the listeners.
+    Descriptors = 2,
+    /// execve(2) itself.
+    Execve = 3,
+}
+
+/// What a failed [`ExecImage::exec`] left on its error pipe: the step and
+/// the errno. `None` when the exec succeeded (the pipe closed empty).
+pub fn exec_failure(errors: BorrowedFd<'_>) -> Option<(ExecStage, Errno)> {
+    let mut buf = [0u8; 5];
+    match nix::unistd::read(errors, &mut buf) {
+        Ok(5) => {
+            let stage = match buf[0] {
+                1 => ExecStage::Chdir,
+                2 => ExecStage::Descriptors,
+                _ => ExecStage::Execve,
+            };
+            let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            Some((stage, Errno::from_raw(errno)))
+        }
+        _ => None,
+    }
+}
+
+/// Reports the stage and errno on the error pipe and exits 127 (the
+/// shell's "cannot execute" status).
+fn fail(errors: RawFd, stage: ExecStage) -> ! {
+    let errno = Errno::last_raw().to_ne_bytes();
+    let msg = [stage as u8, errno[0], errno[1], errno[2], errno[3]];
+    // SAFETY: write and _exit are async-signal-safe; `msg` is a local
+    // buffer of the length passed (one write: a pipe takes up to
+    // PIPE_BUF bytes atomically).
     unsafe {
-        nix::libc::write(errors, code.as_ptr().cast(), code.len());
+        nix::libc::write(errors, msg.as_ptr().cast(), msg.len());
         nix::libc::_exit(127)
     }
 }
@@ -419,6 +451,24 @@ pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     // SAFETY: pidfd_open just returned this descriptor (CLOEXEC by
     // default).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes `bytes` to the descriptor number `raw` if it is open and a
+/// pipe (a ready pipe that may already be closed: the number is only
+/// examined, never owned).
+pub fn write_if_pipe(raw: RawFd, bytes: &[u8]) {
+    use nix::libc;
+    // SAFETY: fstat fills a local struct and fails with EBADF on a
+    // number that is not open; write takes a local buffer of the length
+    // given. Neither takes ownership of the descriptor.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(raw, &mut st) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        {
+            libc::write(raw, bytes.as_ptr().cast(), bytes.len());
+        }
+    }
 }
 
 /// Borrows a descriptor that stays open for the rest of the process's

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{getsockopt, sockopt};
@@ -35,6 +35,37 @@ pub(super) fn bind(pid: u32) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// How long the control socket is not listened to when the master is
+/// out of descriptors and has no spare one.
+pub(super) const PAUSE: Duration = Duration::from_secs(1);
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
+/// A descriptor kept in reserve, so that a connection can still be taken
+/// (and closed) when the process is out of descriptors.
+pub(super) fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// The soft limit on open descriptors, for messages.
+pub(super) fn fd_limit() -> String {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn and_more(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" (and {n} more in the last second)"),
+    }
+}
+
 /// What a parked client waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {
@@ -52,25 +83,106 @@ pub(super) struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
     pub(super) wait: Wait,
+    /// Answered: dropped once `out` is written.
     done: bool,
+    /// Written to the client but not yet taken by the kernel: the master
+    /// never blocks on a client that does not read.
+    out: Vec<u8>,
     /// A client must send its request by then, or it is dropped (a
-    /// silent connection must not hold a descriptor for ever).
+    /// silent connection must not hold a descriptor for ever); and must
+    /// read its answer by then.
     pub(super) request_by: Instant,
+    flush_by: Option<Instant>,
+    /// The connection failed: drop it.
+    broken: bool,
 }
 
-/// How long a control client has to send its one-line request.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a control client has to send its one-line request, and to
+/// read an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Client {
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
 
+    /// Whether the master waits to write more to it.
+    pub(super) fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The next instant this client needs attention, if any.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match (self.wait, self.flush_by) {
+            (_, Some(t)) if self.wants_write() => Some(t),
+            (Wait::Request, _) => Some(self.request_by),
+            _ => None,
+        }
+    }
+
+    /// Queues `text` and writes what the socket takes now.
+    fn send(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        if self.flush_by.is_none() {
+            self.flush_by = Some(Instant::now() + REQUEST_TIMEOUT);
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            match (&self.stream).write(&self.out) {
+                Ok(0) => self.broken = true,
+                Ok(n) => {
+                    self.out.drain(..n);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => self.broken = true,
+            }
+            break;
+        }
+        if self.out.is_empty() {
+            self.flush_by = None;
+        }
+    }
+
     fn answer(&mut self, ok: bool, text: &str) {
-        let line = format!("{} {}\n", if ok { "ok" } else { "error" }, text);
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.write_all(line.as_bytes());
+        self.send(&format!("{} {text}\n", if ok { "ok" } else { "error" }));
         self.done = true;
+    }
+
+    /// Finished with, or given up on.
+    fn gone(&self, now: Instant) -> bool {
+        self.broken
+            || (self.done && self.out.is_empty())
+            || self.flush_by.is_some_and(|t| t <= now)
+    }
+}
+
+/// Refused connections, logged at most once a second with a count (any
+/// local user can connect, and must not be able to flood the log).
+#[derive(Default)]
+pub(super) struct Refusals {
+    logged: Option<Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    /// Whether to log this refusal now, and how many went unlogged.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.since += 1;
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -78,12 +190,44 @@ impl Master {
     /// New connections on the control socket.
     pub(super) fn control_accept(&mut self) {
         let Some(l) = &self.control else { return };
-        while let Ok((stream, _)) = l.accept() {
+        // Bounded per round, like every other source.
+        for _ in 0..64 {
+            let stream = match l.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // The connection stays queued and the socket readable:
+                    // without a descriptor to take it with, the loop would
+                    // spin. Spend the spare one on it (and close it at once).
+                    self.spare.take();
+                    let _ = l.accept();
+                    self.spare = spare_fd();
+                    let now = Instant::now();
+                    if let Some(more) = self.fd_refusals.note(now) {
+                        log::error!(
+                            "control: out of file descriptors (limit {}): \
+                             dropped a client{}",
+                            fd_limit(),
+                            and_more(more)
+                        );
+                    }
+                    if self.spare.is_none() {
+                        // No spare either: stop listening a moment.
+                        self.control_paused = Some(now + PAUSE);
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
             let uid = getsockopt(&stream, sockopt::PeerCredentials)
                 .map(|c| c.uid())
                 .unwrap_or(u32::MAX);
             if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-                log::warn!("control: refused a client of uid {uid}");
+                if let Some(more) = self.refusals.note(Instant::now()) {
+                    log::warn!(
+                        "control: refused a client of uid {uid}{}",
+                        and_more(more)
+                    );
+                }
                 continue;
             }
             let _ = stream.set_nonblocking(true);
@@ -92,7 +236,10 @@ impl Master {
                 buf: Vec::new(),
                 wait: Wait::Request,
                 done: false,
+                out: Vec::new(),
                 request_by: Instant::now() + REQUEST_TIMEOUT,
+                flush_by: None,
+                broken: false,
             });
         }
     }
@@ -101,6 +248,7 @@ impl Master {
     pub(super) fn control_read(&mut self, i: usize) {
         let mut chunk = [0u8; 256];
         let c = &mut self.clients[i];
+        c.flush();
         match c.stream.read(&mut chunk) {
             Ok(0) => {
                 c.done = true;
@@ -193,10 +341,7 @@ impl Master {
                             // The connection stays open: it closes when this
                             // master exits after its retirement.
                             let c = &mut self.clients[i];
-                            let _ = c.stream.set_nonblocking(false);
-                            let _ = c.stream.write_all(
-                                format!("info {text}\n").as_bytes(),
-                            );
+                            c.send(&format!("info {text}\n"));
                             c.wait = Wait::Exit;
                         }
                         _ => {}
@@ -210,7 +355,11 @@ impl Master {
                 Wait::Exit => {}
             }
         }
-        self.clients.retain(|c| !c.done);
+        let now = Instant::now();
+        self.clients.retain(|c| !c.gone(now));
+        if self.control_paused.is_some_and(|t| t <= now) {
+            self.control_paused = None;
+        }
     }
 
     /// Human-readable status.

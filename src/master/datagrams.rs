@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::Master;
 use crate::cli::ReadyMode;
-use crate::pool::{State, Stop};
+use crate::pool::Stop;
 
 impl Master {
     /// Datagrams on the private notify socket.
@@ -50,11 +50,8 @@ impl Master {
         let notify_mode = !w.is_exec || self.cfg.ready == ReadyMode::Notify;
         match (key, value) {
             ("READY", "1") if notify_mode => {
-                if let State::Booting { .. } = w.state {
-                    w.state = State::Ready {
-                        since: now,
-                        beat_by: timeout.map(|t| now + t),
-                    };
+                let booted = w.become_ready(now, timeout);
+                if booted {
                     // A built-in worker counts its requests from here;
                     // the count travels with its heartbeats.
                     if !w.is_exec {
@@ -64,26 +61,17 @@ impl Master {
                 }
             }
             ("X_REQUESTS", n) => w.requests = n.parse().ok(),
-            ("WATCHDOG", "1") => {
-                w.last_beat = Some(now);
-                if let State::Ready {
-                    since,
-                    beat_by: Some(_),
-                } = w.state
-                {
-                    w.state = State::Ready {
-                        since,
-                        beat_by: timeout.map(|t| now + t),
-                    };
-                }
+            ("WATCHDOG", "1") => w.beat(now, timeout),
+            // A worker's own setup failed (chdir, setuid): the reason
+            // joins its output tail, so the boot failure names it.
+            ("X_ERROR", e) => {
+                log::error!("{}: {e}", w.role());
+                w.tail.push(e);
             }
             ("STATUS", s) => w.status = Some(s.to_string()),
             ("STOPPING", "1") if w.is_ready() => {
                 log::info!("{} is leaving", w.role());
-                w.state = State::Stopping {
-                    why: Stop::Leaving,
-                    kill_at: Some(now + graceful),
-                };
+                w.stop(Stop::Leaving, Some(now + graceful));
             }
             _ => {}
         }

@@ -70,6 +70,7 @@ struct Readable {
     successor_ready: bool,
     predecessor_gone: bool,
     control: bool,
+    barrier: bool,
     clients: Vec<usize>,
     outputs: Vec<Pid>,
 }
@@ -82,6 +83,7 @@ enum Source {
     SuccessorReady,
     PredecessorGone,
     Control,
+    Barrier,
     Client(usize),
     Output(Pid),
 }
@@ -106,9 +108,12 @@ pub struct Master {
     hooks: bool,
     workers: Vec<Worker>,
     next_age: u64,
-    /// The generation new workers belong to, and the last one started.
+    /// The generation new workers belong to, and the last one started;
+    /// until when the current one is younger than its boot timeout
+    /// (a worker exiting 3/4 then means the release cannot boot).
     generation: u64,
     last_generation: u64,
+    young_until: Option<Instant>,
     desired: usize,
     phase: Phase,
     /// The first generation has been ready (before that, a boot failure
@@ -119,12 +124,26 @@ pub struct Master {
     respawn_at: Option<Instant>,
     reload: Option<reload::Reload>,
     reload_queued: bool,
+    /// The last completed reload, while its generation is younger than
+    /// its boot timeout: what to roll back to if it turns out unable to
+    /// boot after all (exit 3/4 after a `--ready delay` readiness).
+    settling: Option<reload::Settling>,
     upgrade: upgrade::Upgrade,
     /// A successor inherited the listeners: do not unlink them.
     handed_over: bool,
+    /// The sd_notify barrier after `MAINPID=` at retirement: the pipe
+    /// that hangs up once systemd has read it, and how long to wait.
+    barrier: Option<(std::os::fd::OwnedFd, Instant)>,
     /// `upgrader -s`: the control socket and its clients.
     control: Option<std::os::unix::net::UnixListener>,
     clients: Vec<control::Client>,
+    /// Refused control connections (wrong uid; no descriptor left), a
+    /// spare descriptor for the latter, and a pause of the control
+    /// socket when even that is gone.
+    refusals: control::Refusals,
+    fd_refusals: control::Refusals,
+    spare: Option<std::fs::File>,
+    control_paused: Option<Instant>,
     /// How the last reload (to a generation) and upgrade ended, for
     /// waiting control clients.
     reload_outcome: Option<(u64, Result<(), String>)>,
@@ -159,6 +178,7 @@ impl Master {
             desired: p.cfg.workers,
             cli: p.cli,
             facts: p.facts,
+            young_until: now.checked_add(p.cfg.boot_timeout),
             cfg: p.cfg,
             me: nix::unistd::getpid(),
             role,
@@ -181,10 +201,16 @@ impl Master {
             respawn_at: None,
             reload: None,
             reload_queued: false,
+            settling: None,
             upgrade: upgrade::Upgrade::Idle,
             handed_over: false,
+            barrier: None,
             control,
             clients: Vec::new(),
+            refusals: control::Refusals::default(),
+            fd_refusals: control::Refusals::default(),
+            spare: control::spare_fd(),
+            control_paused: None,
             reload_outcome: None,
             upgrade_outcome: None,
             started: now,
@@ -236,6 +262,10 @@ impl Master {
             if ready.control {
                 self.control_accept();
             }
+            if ready.barrier {
+                log::debug!("sd_notify barrier passed");
+                self.barrier = None;
+            }
             for i in ready.clients {
                 self.control_read(i);
             }
@@ -272,8 +302,13 @@ impl Master {
         if let Some(fd) = self.role.pidfd() {
             srcs.push((fd, Source::PredecessorGone));
         }
-        if let Some(l) = &self.control {
+        if let Some(l) = &self.control
+            && self.control_paused.is_none()
+        {
             srcs.push((l.as_fd(), Source::Control));
+        }
+        if let Some((fd, _)) = &self.barrier {
+            srcs.push((fd.as_fd(), Source::Barrier));
         }
         for (i, c) in self.clients.iter().enumerate() {
             srcs.push((c.fd(), Source::Client(i)));
@@ -285,7 +320,15 @@ impl Master {
         }
         let mut fds: Vec<PollFd<'_>> = srcs
             .iter()
-            .map(|(fd, _)| PollFd::new(*fd, PollFlags::POLLIN))
+            .map(|(fd, src)| {
+                let mut events = PollFlags::POLLIN;
+                if let Source::Client(i) = src
+                    && self.clients[*i].wants_write()
+                {
+                    events |= PollFlags::POLLOUT;
+                }
+                PollFd::new(*fd, events)
+            })
             .collect();
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -302,6 +345,7 @@ impl Master {
                 Source::SuccessorReady => r.successor_ready = true,
                 Source::PredecessorGone => r.predecessor_gone = true,
                 Source::Control => r.control = true,
+                Source::Barrier => r.barrier = true,
                 Source::Client(i) => r.clients.push(i),
                 Source::Output(pid) => r.outputs.push(pid),
             }
@@ -314,16 +358,15 @@ impl Master {
         let respawn = self.respawn_at.filter(|_| self.wants_spawn());
         let watchdog = self.watchdog.map(|(_, at)| at);
         let upgrade = self.upgrade.deadline();
-        let clients = self
-            .clients
-            .iter()
-            .filter(|c| c.wait == control::Wait::Request)
-            .map(|c| c.request_by);
+        let clients =
+            self.clients.iter().filter_map(control::Client::deadline);
         workers
             .chain(respawn)
             .chain(watchdog)
             .chain(upgrade)
             .chain(clients)
+            .chain(self.control_paused)
+            .chain(self.barrier.as_ref().map(|(_, t)| *t))
             .min()
     }
 
@@ -400,16 +443,21 @@ impl Master {
                 continue;
             }
             workers::signal_group(w.pid, sig);
-            w.state = State::Stopping {
-                why,
-                kill_at: Some(now + budget),
-            };
+            w.stop(why, Some(now + budget));
         }
         self.phase = Phase::Stopping { graceful, exit };
     }
 
     /// TTIN / TTOU: one worker more or fewer, never below one.
     fn handle_scale(&mut self, delta: i64) {
+        if self.desired == 0 && delta < 0 {
+            // Drained by WINCH: there is nothing to take away, and
+            // "never below one" must not bring a worker back.
+            log::info!(
+                "TTOU ignored: workers are drained (HUP brings them back)"
+            );
+            return;
+        }
         let n = (self.desired as i64 + delta).max(1) as usize;
         log::info!("workers: {} -> {n}", self.desired);
         self.desired = n;
@@ -515,10 +563,21 @@ impl Master {
         )
     }
 
-    fn finished(&self) -> Option<Exit> {
+    fn finished(&mut self) -> Option<Exit> {
         match &self.phase {
             Phase::Stopping { exit, .. } if self.workers.is_empty() => {
-                Some(exit.clone())
+                let exit = exit.clone();
+                if let Some((_, by)) = &self.barrier {
+                    if Instant::now() < *by {
+                        return None;
+                    }
+                    log::warn!(
+                        "sd_notify barrier: no answer from systemd in {}s",
+                        upgrade::BARRIER_LIMIT.as_secs()
+                    );
+                    self.barrier = None;
+                }
+                Some(exit)
             }
             _ => None,
         }

@@ -11,14 +11,24 @@ use std::time::Instant;
 use super::Master;
 use crate::config::Config;
 use crate::listeners::{self, Listener};
-use crate::pool::{State, Stop};
+use crate::pool::Stop;
 
 /// A reload in flight: what to go back to if it fails.
 pub(super) struct Reload {
     from: u64,
+    from_young_until: Option<Instant>,
     previous: Config,
     previous_listeners: Vec<Rc<Listener>>,
     started: Instant,
+}
+
+/// A completed reload whose generation is still younger than its boot
+/// timeout: the configuration to roll back to. Listeners are not kept
+/// (a removed one must close, or connections would queue on it unseen);
+/// a rollback binds again what it needs.
+pub(super) struct Settling {
+    generation: u64,
+    previous: Config,
 }
 
 impl Master {
@@ -38,6 +48,18 @@ impl Master {
             self.reload_queued = true;
             return Ok(self.last_generation + 1);
         }
+        if let super::upgrade::Upgrade::Spawned { child, .. } = self.upgrade {
+            // The booting new master inherited the listeners as they are
+            // now; a reload that changes them would pull the floor from
+            // under it at retirement (invariant 3: one change at a time).
+            // Once it is ready, HUP is the rollback step (SPEC 7.5).
+            let msg = format!(
+                "HUP refused: new master {child} is booting; reload once \
+                 the upgrade is over, or end it with TERM to {child}"
+            );
+            log::warn!("{msg}");
+            return Err(msg);
+        }
         self.start_reload();
         match &self.reload_outcome {
             Some((t, Err(e))) if *t == self.last_generation + 1 => {
@@ -53,6 +75,7 @@ impl Master {
             monotonic_usec()
         ));
         let loaded = Config::load(&self.cli, self.facts).and_then(|cfg| {
+            not_reloadable(&self.cfg, &cfg)?;
             let l = listeners::reconcile(
                 &self.listeners,
                 &cfg.binds,
@@ -91,8 +114,11 @@ impl Master {
         }
         log::set_max_level(cfg.log_level);
         let from = self.generation;
+        let from_young_until = self.young_until;
         self.last_generation += 1;
         self.generation = self.last_generation;
+        self.young_until = Instant::now().checked_add(cfg.boot_timeout);
+        self.settling = None;
         self.desired = cfg.workers;
         self.failures = 0;
         self.respawn_at = None;
@@ -103,6 +129,7 @@ impl Master {
         );
         self.reload = Some(Reload {
             from,
+            from_young_until,
             previous: std::mem::replace(&mut self.cfg, cfg),
             previous_listeners: std::mem::replace(
                 &mut self.listeners,
@@ -141,6 +168,10 @@ impl Master {
             r.from
         );
         self.retire_listeners(r.previous_listeners);
+        self.settling = Some(Settling {
+            generation: self.generation,
+            previous: r.previous,
+        });
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
         if std::mem::take(&mut self.reload_queued)
             && matches!(self.phase, super::Phase::Running)
@@ -169,10 +200,7 @@ impl Master {
         for w in &mut self.workers {
             if w.generation == self.generation && !w.is_stopping() {
                 let kill_at = super::workers::kill(w, Instant::now());
-                w.state = State::Stopping {
-                    why: Stop::Quit,
-                    kill_at,
-                };
+                w.stop(Stop::Quit, kill_at);
             }
         }
         let failed =
@@ -186,6 +214,7 @@ impl Master {
         }
         self.cfg = r.previous;
         self.generation = r.from;
+        self.young_until = r.from_young_until;
         self.desired = self.cfg.workers;
         if matches!(self.phase, super::Phase::Running) {
             self.sd_notify(&format!(
@@ -205,6 +234,63 @@ impl Master {
         self.reload.is_some() && generation == self.generation
     }
 
+    /// A worker of the generation a reload just brought exited 3/4 after
+    /// all, while the generation is younger than its boot timeout: the
+    /// release cannot boot. Its workers are stopped and the previous
+    /// configuration comes back as a fresh generation (the retired
+    /// workers were told to drain already; the listeners hold every
+    /// connection meanwhile). Returns false if there is nothing to roll
+    /// back to.
+    pub(super) fn roll_back(&mut self, generation: u64, reason: &str) -> bool {
+        let Some(s) = self.settling.take_if(|s| s.generation == generation)
+        else {
+            return false;
+        };
+        let listeners = match listeners::reconcile(
+            &self.listeners,
+            &s.previous.binds,
+            s.previous.bind_options,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!(
+                    "reload to generation {generation} failed after it was \
+                     ready: {reason}; cannot roll back: {e:#}"
+                );
+                return false;
+            }
+        };
+        log::error!(
+            "reload to generation {generation} failed after it was ready: \
+             {reason}; rolling back to the previous configuration as \
+             generation {}",
+            self.last_generation + 1
+        );
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if w.generation == generation && !w.is_stopping() {
+                let kill_at = super::workers::kill(w, now);
+                w.stop(Stop::Quit, kill_at);
+            }
+        }
+        let failed = std::mem::replace(&mut self.listeners, listeners);
+        self.retire_listeners(failed);
+        log::set_max_level(s.previous.log_level);
+        self.cfg = s.previous;
+        self.last_generation += 1;
+        self.generation = self.last_generation;
+        // The previous release booted before: no second settling.
+        self.young_until = None;
+        self.desired = self.cfg.workers;
+        self.failures = 0;
+        self.respawn_at = None;
+        self.sd_notify(&format!(
+            "STATUS=reload rolled back: {}",
+            one_line(reason)
+        ));
+        true
+    }
+
     /// Closes listeners a reload removed once no worker that had them
     /// is left (invariant 1: never closed while a generation serves it).
     pub(super) fn close_retired(&mut self) {
@@ -220,6 +306,30 @@ impl Master {
             log::info!("closed {} ({}): no longer bound", l.local, l.name);
         }
     }
+}
+
+/// Settings a reload cannot apply to the running master: refused with
+/// the reason rather than accepted and silently ignored. A USR2 upgrade
+/// starts a new master that reads them afresh.
+fn not_reloadable(old: &Config, new: &Config) -> anyhow::Result<()> {
+    let show = |p: &Option<std::path::PathBuf>| match p {
+        Some(p) => p.display().to_string(),
+        None => "none".to_string(),
+    };
+    for (what, a, b) in [
+        ("pid", &old.pidfile, &new.pidfile),
+        ("log-file", &old.log_file, &new.log_file),
+    ] {
+        if a != b {
+            anyhow::bail!(
+                "{what} changed ({} -> {}): a reload cannot move it; use \
+                 USR2 (upgrader -s upgrade) to apply it",
+                show(a),
+                show(b)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn one_line(s: &str) -> String {

@@ -27,6 +27,14 @@ use crate::handoff;
 use crate::pidfile;
 use crate::sys::{self, Fork};
 
+/// How much longer than `--boot-timeout` the old master waits for a new
+/// master's ready byte before it gives up on it.
+const UPGRADE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a retiring master waits for systemd to answer its barrier
+/// before it exits anyway.
+pub(super) const BARRIER_LIMIT: Duration = Duration::from_secs(5);
+
 /// The old master's view of an upgrade.
 pub enum Upgrade {
     Idle,
@@ -174,7 +182,10 @@ impl Master {
             child,
             ready: Some(ready_r),
             errors: err_r,
-            deadline: Instant::now() + self.cfg.boot_timeout,
+            // The new master's own workers have --boot-timeout from
+            // their spawn, after its start-up: the margin lets their
+            // failure (and its cause, on the ready pipe) come first.
+            deadline: Instant::now() + self.cfg.boot_timeout + UPGRADE_MARGIN,
             term_held: false,
             retire_when_ready: false,
             failure: None,
@@ -257,9 +268,12 @@ impl Master {
             && *deadline <= now
         {
             *failure = Some(match ready {
-                Some(_) => {
-                    format!("not ready within {:?}", self.cfg.boot_timeout)
-                }
+                Some(_) => format!(
+                    "not ready within {}",
+                    humantime::format_duration(
+                        self.cfg.boot_timeout + UPGRADE_MARGIN
+                    )
+                ),
                 None => "closed its ready pipe without being ready".into(),
             });
             let _ = kill(*child, Signal::SIGKILL);
@@ -306,8 +320,12 @@ impl Master {
         );
         self.handed_over = false;
         self.phase = Phase::Running;
+        if let Some(p) = &self.cfg.pidfile {
+            pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
+        }
         self.last_generation += 1;
         self.generation = self.last_generation;
+        self.young_until = None;
         self.desired = self.cfg.workers;
         self.respawn_at = None;
         if let Some(p) = &self.cfg.pidfile
@@ -329,8 +347,15 @@ impl Master {
             self.sd_notify(&format!(
                 "MAINPID={child}\nSTATUS=handing over to new master {child}"
             ));
-            if let Err(e) = self.systemd.barrier(Duration::from_secs(5)) {
-                log::warn!("sd_notify barrier: {e:#}");
+            // The drain starts at once; only the exit waits for the
+            // barrier (in the loop's poll, at most BARRIER_LIMIT), so
+            // systemd knows the new main pid before this one is gone.
+            match self.systemd.barrier() {
+                Ok(Some(fd)) => {
+                    self.barrier = Some((fd, Instant::now() + BARRIER_LIMIT));
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("sd_notify barrier: {e:#}"),
             }
         }
         self.handed_over = true;
@@ -360,12 +385,13 @@ impl Master {
                 failure,
                 ..
             } => {
-                let why = exec_errno(&errors)
-                    .map(|e| {
-                        format!(
-                            "exec {}: {}",
-                            self.invocation.exe.display(),
-                            e
+                let why = sys::exec_failure(errors.as_fd())
+                    .map(|(stage, errno)| {
+                        crate::spawn::describe_exec_failure(
+                            &self.invocation.exe,
+                            Some(&self.invocation.cwd),
+                            stage,
+                            errno,
                         )
                     })
                     .or(failure)
@@ -414,17 +440,5 @@ impl Master {
             Upgrade::Idle => {}
         }
         true
-    }
-}
-
-/// The errno a failed execve left on the error pipe, as text.
-fn exec_errno(fd: &OwnedFd) -> Option<String> {
-    let mut buf = [0u8; 4];
-    match nix::unistd::read(fd, &mut buf) {
-        Ok(4) => {
-            let e = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
-            Some(e.desc().to_string())
-        }
-        _ => None,
     }
 }

@@ -77,15 +77,31 @@ impl Master {
         if self.successor_reaped(pid, status) {
             return;
         }
-        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+        if !self.workers.iter().any(|w| w.pid == pid) {
             log::debug!(
                 "reaped pid {pid} ({}): not a worker",
                 describe(status)
             );
             return;
         };
+        // What it sent last (its setup error, say) is in before it is
+        // judged.
+        self.handle_notify();
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
         self.relay(pid, true);
         let w = self.workers.remove(i);
+        // Whatever the worker left in its process group goes with it: a
+        // keeper killed by the OOM killer leaves the app's children
+        // there (invariant 4). The group id cannot be reused while any
+        // member lives, so this reaches nobody else.
+        if killpg(w.pid, Signal::SIGKILL).is_ok() {
+            log::warn!(
+                "{}: killed what it left behind in its process group",
+                w.role()
+            );
+        }
         let now = Instant::now();
         let what = describe(status);
         let exec_error = exec_error(&w, &self.cfg);
@@ -112,7 +128,7 @@ impl Master {
                 self.boot_failed(&w, 3, reason, line);
             }
             (State::Booting { .. }, _) => {
-                let code = boot_code(status);
+                let code = boot_code(status).unwrap_or(3);
                 let reason =
                     format!("{} {what} before it was ready", w.role());
                 let reason = with_tail(reason, &w);
@@ -128,8 +144,40 @@ impl Master {
                 log::error!("{} {what} after its timeout", w.role());
                 self.failed(&w, now);
             }
+            (
+                State::Stopping {
+                    why: Stop::Leaving, ..
+                },
+                _,
+            ) if !self.expected_leave(&w, status, now) => {
+                // READY=1, STOPPING=1, exit: nobody asked it to go, so
+                // it is a crash for the backoff streak (else an app that
+                // does this is respawned twenty times a second).
+                log::error!(
+                    "{} {what} on its own {} ms after it was ready",
+                    w.role(),
+                    w.served_for(now).unwrap_or_default().as_millis()
+                );
+                self.failed(&w, now);
+            }
             (State::Stopping { .. }, _) => {
                 log::info!("{} {what}", w.role());
+            }
+            (State::Ready { .. }, _)
+                if boot_code(status).is_some() && self.young(&w, now) =>
+            {
+                // Exit 3/4 says "cannot boot", even after a `--ready
+                // delay` readiness: in a generation younger than its
+                // boot timeout that is a failed boot of the release.
+                let code = boot_code(status).unwrap_or(3);
+                let reason = format!(
+                    "{} {what} {} ms after it was ready",
+                    w.role(),
+                    w.served_for(now).unwrap_or_default().as_millis()
+                );
+                let reason = with_tail(reason, &w);
+                let line = format!("workers failed to boot: {reason}");
+                self.failed_after_ready(&w, code, line);
             }
             (State::Ready { since, .. }, _) => {
                 let quiet = matches!(status, WaitStatus::Exited(_, 0))
@@ -175,6 +223,31 @@ impl Master {
             self.failed(w, Instant::now());
             return;
         }
+        self.halt(code, line);
+    }
+
+    /// A worker of a young generation exited 3/4 after its readiness:
+    /// the release cannot boot after all. A reload is abandoned or
+    /// rolled back; the first generation has nothing to go back to and
+    /// halts, as a boot failure does.
+    fn failed_after_ready(&mut self, w: &Worker, code: u8, line: String) {
+        let reason = line
+            .strip_prefix("workers failed to boot: ")
+            .unwrap_or(&line)
+            .to_string();
+        log::error!("{reason}");
+        if self.reload_failing(w.generation) {
+            self.abandon_reload(&reason);
+        } else if self.roll_back(w.generation, &reason) {
+        } else if w.generation == 1 {
+            self.halt(code, line);
+        } else {
+            self.failed(w, Instant::now());
+        }
+    }
+
+    /// Stops with a boot failure's status (3, or 4: "4 wins over 3").
+    fn halt(&mut self, code: u8, line: String) {
         match &mut self.phase {
             Phase::Stopping { exit, .. } if exit.code != 0 => {
                 if code == 4 && exit.code == 3 {
@@ -193,14 +266,30 @@ impl Master {
         }
     }
 
+    /// Whether a worker that said `STOPPING=1` and then exited left as
+    /// expected: a built-in worker at `--max-requests`, or any worker
+    /// that served a while and exited 0.
+    fn expected_leave(
+        &self,
+        w: &Worker,
+        st: WaitStatus,
+        now: Instant,
+    ) -> bool {
+        let clean = matches!(st, WaitStatus::Exited(_, 0));
+        let restart = !w.is_exec && self.cfg.max_requests > 0;
+        let served = w.served_for(now).unwrap_or_default();
+        clean && (restart || served >= pool::STABLE)
+    }
+
+    /// Whether `w`'s generation is still younger than its boot timeout.
+    fn young(&self, w: &Worker, now: Instant) -> bool {
+        w.generation == self.generation
+            && self.young_until.is_some_and(|t| now < t)
+    }
+
     /// Counts a failed worker and sets the respawn backoff.
     pub(super) fn failed(&mut self, w: &Worker, now: Instant) {
-        let stable = match w.state {
-            State::Ready { since, .. } => {
-                now.duration_since(since) >= pool::STABLE
-            }
-            _ => false,
-        };
+        let stable = w.served_for(now).is_some_and(|d| d >= pool::STABLE);
         self.failures = if stable { 1 } else { self.failures + 1 };
         let delay = pool::backoff(self.failures);
         if !delay.is_zero() {
@@ -222,10 +311,7 @@ impl Master {
             match pool::due(w, now) {
                 None => {}
                 Some(Due::Ready) => {
-                    w.state = State::Ready {
-                        since: now,
-                        beat_by: timeout.map(|t| now + t),
-                    };
+                    w.become_ready(now, timeout);
                     newly_ready.push(i);
                 }
                 Some(Due::BootTimeout) => {
@@ -235,10 +321,7 @@ impl Master {
                         self.cfg.boot_timeout
                     );
                     let kill_at = kill(w, now);
-                    w.state = State::Stopping {
-                        why: Stop::BootTimeout,
-                        kill_at,
-                    };
+                    w.stop(Stop::BootTimeout, kill_at);
                 }
                 Some(Due::Late) => {
                     let sig = self.cfg.timeout_signal;
@@ -255,16 +338,13 @@ impl Master {
                         late.as_millis()
                     );
                     signal_group(w.pid, sig);
-                    w.state = State::Stopping {
-                        why: Stop::Late,
-                        kill_at: Some(now + self.cfg.kill_after),
-                    };
+                    w.stop(Stop::Late, Some(now + self.cfg.kill_after));
                 }
                 Some(Due::Kill) => {
                     log::warn!("{} still alive: SIGKILL", w.role());
                     let kill_at = kill(w, now);
                     if let State::Stopping { why, .. } = w.state {
-                        w.state = State::Stopping { why, kill_at };
+                        w.stop(why, kill_at);
                     }
                 }
             }
@@ -299,10 +379,7 @@ impl Master {
             if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                 log::info!("retiring {}", w.role());
                 signal_group(pid, Signal::SIGTERM);
-                w.state = State::Stopping {
-                    why: Stop::Drain,
-                    kill_at: Some(now + self.cfg.graceful_timeout),
-                };
+                w.stop(Stop::Drain, Some(now + self.cfg.graceful_timeout));
             }
         }
         for _ in 0..plan.spawn {
@@ -401,12 +478,13 @@ pub fn describe(status: WaitStatus) -> String {
     }
 }
 
-/// The status a boot failure halts the master with: 4 when the app
-/// said it cannot load (gunicorn's APP_LOAD_ERROR), else 3.
-fn boot_code(status: WaitStatus) -> u8 {
+/// Exit 3 or 4: the worker says it cannot boot (gunicorn's
+/// WORKER_BOOT_ERROR and APP_LOAD_ERROR); the status a boot failure
+/// halts the master with.
+fn boot_code(status: WaitStatus) -> Option<u8> {
     match status {
-        WaitStatus::Exited(_, 4) => 4,
-        _ => 3,
+        WaitStatus::Exited(_, c @ (3 | 4)) => Some(c as u8),
+        _ => None,
     }
 }
 
@@ -420,19 +498,15 @@ fn with_tail(reason: String, w: &Worker) -> String {
 /// The reason an exec worker's program could not be executed, if that
 /// is what happened (its errno came back on the pipe).
 fn exec_error(w: &Worker, cfg: &Config) -> Option<String> {
-    let fd = w.exec_errors.as_ref()?;
-    let mut buf = [0u8; 4];
-    match nix::unistd::read(fd, &mut buf) {
-        Ok(4) => {
-            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
-            let program = match &cfg.kind {
-                WorkerKind::Exec { program, .. } => {
-                    program.display().to_string()
-                }
-                WorkerKind::BuiltIn => "worker".into(),
-            };
-            Some(format!("exec {program}: {}", errno.desc()))
-        }
-        _ => None,
-    }
+    use std::os::fd::AsFd;
+    let (stage, errno) =
+        crate::sys::exec_failure(w.exec_errors.as_ref()?.as_fd())?;
+    let program = match &cfg.kind {
+        WorkerKind::Exec { program, .. } => program.as_path(),
+        WorkerKind::BuiltIn => std::path::Path::new("worker"),
+    };
+    // A relative program is resolved from the master's directory.
+    Some(crate::spawn::describe_exec_failure(
+        program, None, stage, errno,
+    ))
 }

@@ -263,7 +263,11 @@ fn programs_that_cannot_run_are_boot_failures() {
     for (prog, why) in [
         ("/nonexistent/app".to_string(), "No such file or directory"),
         ("./not-executable".to_string(), "Permission denied"),
-        ("./bad-interpreter".to_string(), "No such file or directory"),
+        (
+            "./bad-interpreter".to_string(),
+            "its interpreter /nonexistent/interp (from its #! line) does not \
+             exist",
+        ),
         (
             "no-such-program-in-path".to_string(),
             "No such file or directory",

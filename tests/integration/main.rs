@@ -14,6 +14,8 @@ mod control;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// The master under faults and odd orders.
+mod faults_master;
 /// One test per bug found in review.
 mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.

@@ -194,6 +194,12 @@ fn the_old_master_takes_over_again_if_the_new_one_dies_while_it_drains() {
     assert_eq!(finish(s, head).status, 200, "the request in hand completes");
     assert_eq!(wait_pidfile(&pidfile, None), u.pid);
     assert!(alive(u.pid));
+    let dot2 = pidfile.with_extension("pid.2");
+    assert!(
+        !dot2.exists(),
+        "the dead new master's {} is left",
+        dot2.display()
+    );
 }
 
 /// EOF on the ready pipe made the old master SIGKILL the new one at
