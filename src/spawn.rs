@@ -397,6 +397,7 @@ fn keeper(
         Ok(Fork::Parent(pid)) => pid,
         Err(_) => sys::exit_now(3),
     };
+    forward_early_stops(app);
     drop(errors);
     for &fd in listeners {
         let _ = nix::unistd::close(fd);
@@ -422,6 +423,19 @@ fn keeper(
                 sys::die_like(Signal::SIGKILL)
             }
             _ => {}
+        }
+    }
+}
+
+/// A stop the master sent to the worker's group before the app existed
+/// reached only the keeper (pending, blocked): the app is told too, or
+/// it would serve until the drain's SIGKILL. (A signal sent just after
+/// the fork reaches both; the app then gets it twice, which a stop
+/// signal tolerates.)
+fn forward_early_stops(app: Pid) {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        if sys::is_pending(sig) {
+            let _ = nix::sys::signal::kill(app, sig);
         }
     }
 }

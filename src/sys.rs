@@ -453,6 +453,19 @@ pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether `sig` is pending (blocked and arrived) for this thread or
+/// process (sigpending(2); nix has no wrapper).
+pub fn is_pending(sig: Signal) -> bool {
+    use nix::libc;
+    // SAFETY: sigpending and sigismember fill and read a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigpending(&mut set) == 0
+            && libc::sigismember(&set, sig as libc::c_int) == 1
+    }
+}
+
 /// Writes `bytes` to the descriptor number `raw` if it is open and a
 /// pipe (a ready pipe that may already be closed: the number is only
 /// examined, never owned).

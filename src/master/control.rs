@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::socket::{getsockopt, sockopt};
 
-use super::{Master, upgrade::Upgrade};
+use super::Master;
 use crate::pool::State;
 
 /// The abstract name of a master's control socket.
@@ -64,6 +64,16 @@ fn and_more(n: u64) -> String {
         0 => String::new(),
         n => format!(" (and {n} more in the last second)"),
     }
+}
+
+/// An outcome delivered to waiting clients.
+pub(super) enum Answer {
+    /// The reload to this generation is complete.
+    Reloaded(u64),
+    /// The new master is ready (the client then waits for this master's
+    /// exit).
+    NewMaster(nix::unistd::Pid),
+    Failed(String),
 }
 
 /// What a parked client waits for.
@@ -305,57 +315,34 @@ impl Master {
         }
     }
 
-    /// Answers parked clients whose event has happened; drops finished
-    /// connections. Called every round.
-    pub(super) fn control_settle(&mut self) {
-        let old_left = |m: &Master, target: u64| {
-            m.workers.iter().any(|w| w.generation < target)
-        };
-        for i in 0..self.clients.len() {
-            let wait = self.clients[i].wait;
-            match wait {
-                Wait::Reload(target) => {
-                    if let Some((t, Err(e))) = &self.reload_outcome
-                        && *t == target
-                    {
-                        let e = e.clone();
-                        self.clients[i].answer(false, &e);
-                    } else if self.generation == target
-                        && self.reload.is_none()
-                        && !old_left(self, target)
-                    {
-                        let text = format!(
-                            "reload complete: generation {target} serving"
-                        );
-                        self.clients[i].answer(true, &text);
-                    }
+    /// Delivers an outcome to every client waiting for `wait`.
+    pub(super) fn answer_waiting(&mut self, wait: Wait, answer: Answer) {
+        for c in self.clients.iter_mut().filter(|c| c.wait == wait) {
+            match &answer {
+                Answer::Reloaded(t) => c.answer(
+                    true,
+                    &format!("reload complete: generation {t} serving"),
+                ),
+                Answer::Failed(e) => c.answer(false, e),
+                // The connection stays open: it closes when this master
+                // exits after its retirement.
+                Answer::NewMaster(child) => {
+                    c.send(&format!("info new master {child} ready\n"));
+                    c.wait = Wait::Exit;
                 }
-                Wait::Upgrade => {
-                    match (&self.upgrade, &self.upgrade_outcome) {
-                        (_, Some(Err(e))) => {
-                            let e = e.clone();
-                            self.clients[i].answer(false, &e);
-                        }
-                        (Upgrade::Ready { child }, _) => {
-                            let text = format!("new master {child} ready");
-                            // The connection stays open: it closes when this
-                            // master exits after its retirement.
-                            let c = &mut self.clients[i];
-                            c.send(&format!("info {text}\n"));
-                            c.wait = Wait::Exit;
-                        }
-                        _ => {}
-                    }
-                }
-                Wait::Request => {
-                    if self.clients[i].request_by <= Instant::now() {
-                        self.clients[i].answer(false, "no request in time");
-                    }
-                }
-                Wait::Exit => {}
             }
         }
+    }
+
+    /// Drops clients that are done, gone or too slow; answers those that
+    /// sent no request in time. Called every round.
+    pub(super) fn control_tidy(&mut self) {
         let now = Instant::now();
+        for c in &mut self.clients {
+            if c.wait == Wait::Request && !c.done && c.request_by <= now {
+                c.answer(false, "no request in time");
+            }
+        }
         self.clients.retain(|c| !c.gone(now));
         if self.control_paused.is_some_and(|t| t <= now) {
             self.control_paused = None;
@@ -401,12 +388,8 @@ impl Master {
                     .unwrap_or_default(),
             );
         }
-        if let Some(child) = match self.upgrade {
-            Upgrade::Spawned { child, .. } => Some(child),
-            Upgrade::Ready { child } => Some(child),
-            Upgrade::Idle => None,
-        } {
-            out += &format!("upgrade: new master {child}\n");
+        if let Some((child, state)) = self.upgrade.describe() {
+            out += &format!("upgrade: new master {child} ({state})\n");
         }
         out.trim_end().to_string()
     }
@@ -453,12 +436,10 @@ impl Master {
             "boot_timeout_secs": self.cfg.boot_timeout.as_secs_f64(),
             "ready": self.ready_count(),
             "workers": workers,
-            "upgrade": match self.upgrade {
-                Upgrade::Idle => serde_json::Value::Null,
-                Upgrade::Spawned { child, .. } => serde_json::json!({
-                    "new_master": child.as_raw(), "state": "booting"}),
-                Upgrade::Ready { child } => serde_json::json!({
-                    "new_master": child.as_raw(), "state": "ready"}),
+            "upgrade": match self.upgrade.describe() {
+                None => serde_json::Value::Null,
+                Some((child, state)) => serde_json::json!({
+                    "new_master": child.as_raw(), "state": state}),
             },
         })
     }

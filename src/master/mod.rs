@@ -16,6 +16,7 @@
 mod control;
 mod datagrams;
 mod reload;
+mod states;
 mod successor;
 mod upgrade;
 mod workers;
@@ -42,6 +43,8 @@ use crate::notify::{self, Systemd};
 use crate::pool::{self, State, Stop, Worker};
 use crate::signals::{self, Event};
 
+use states::{Phase, Reload, Upgrade};
+
 pub use successor::Role;
 
 /// How the master ends.
@@ -50,16 +53,6 @@ pub struct Exit {
     pub code: u8,
     /// The one-line reason for a non-zero status.
     pub reason: Option<String>,
-}
-
-#[derive(Debug)]
-enum Phase {
-    Running,
-    /// Stopping; exits with `exit` once every worker is reaped.
-    Stopping {
-        graceful: bool,
-        exit: Exit,
-    },
 }
 
 /// What a poll round found readable.
@@ -116,21 +109,15 @@ pub struct Master {
     young_until: Option<Instant>,
     desired: usize,
     phase: Phase,
-    /// The first generation has been ready (before that, a boot failure
-    /// halts the master: invariant 5).
-    ever_ready: bool,
     /// Consecutive worker failures, and when the next spawn may happen.
     failures: u32,
     respawn_at: Option<Instant>,
-    reload: Option<reload::Reload>,
-    reload_queued: bool,
+    reload: Reload,
     /// The last completed reload, while its generation is younger than
     /// its boot timeout: what to roll back to if it turns out unable to
     /// boot after all (exit 3/4 after a `--ready delay` readiness).
     settling: Option<reload::Settling>,
-    upgrade: upgrade::Upgrade,
-    /// A successor inherited the listeners: do not unlink them.
-    handed_over: bool,
+    upgrade: Upgrade,
     /// The sd_notify barrier after `MAINPID=` at retirement: the pipe
     /// that hangs up once systemd has read it, and how long to wait.
     barrier: Option<(std::os::fd::OwnedFd, Instant)>,
@@ -144,10 +131,6 @@ pub struct Master {
     fd_refusals: control::Refusals,
     spare: Option<std::fs::File>,
     control_paused: Option<Instant>,
-    /// How the last reload (to a generation) and upgrade ended, for
-    /// waiting control clients.
-    reload_outcome: Option<(u64, Result<(), String>)>,
-    upgrade_outcome: Option<Result<(), String>>,
     started: Instant,
 }
 
@@ -195,15 +178,12 @@ impl Master {
             next_age: 0,
             generation: 1,
             last_generation: 1,
-            phase: Phase::Running,
-            ever_ready: false,
+            phase: Phase::Starting,
             failures: 0,
             respawn_at: None,
-            reload: None,
-            reload_queued: false,
+            reload: Reload::Idle,
             settling: None,
-            upgrade: upgrade::Upgrade::Idle,
-            handed_over: false,
+            upgrade: Upgrade::Idle,
             barrier: None,
             control,
             clients: Vec::new(),
@@ -211,8 +191,6 @@ impl Master {
             fd_refusals: control::Refusals::default(),
             spare: control::spare_fd(),
             control_paused: None,
-            reload_outcome: None,
-            upgrade_outcome: None,
             started: now,
         })
     }
@@ -274,7 +252,7 @@ impl Master {
                 self.check_predecessor();
             }
             self.timers(Instant::now());
-            self.control_settle();
+            self.control_tidy();
         }
     }
 
@@ -371,7 +349,7 @@ impl Master {
     }
 
     fn wants_spawn(&self) -> bool {
-        matches!(self.phase, Phase::Running)
+        self.phase.is_running()
             && pool::plan(&self.workers, self.desired, self.generation, true)
                 .spawn
                 > 0
@@ -399,12 +377,8 @@ impl Master {
         if self.stop_is_retirement(graceful) {
             return;
         }
-        match self.phase {
-            Phase::Stopping {
-                graceful: false, ..
-            } => return,
-            Phase::Stopping { graceful: true, .. } if graceful => return,
-            _ => {}
+        if !self.phase.wants_stop(graceful) {
+            return;
         }
         log::info!(
             "{} stop: {} workers",
@@ -412,7 +386,7 @@ impl Master {
             self.workers.len()
         );
         // After a hand-off the unit goes on under the new master.
-        if !self.handed_over {
+        if !self.upgrade.handed_over() {
             self.sd_notify("STOPPING=1\nSTATUS=stopping");
         }
         self.stop_all(
@@ -445,20 +419,19 @@ impl Master {
             workers::signal_group(w.pid, sig);
             w.stop(why, Some(now + budget));
         }
-        self.phase = Phase::Stopping { graceful, exit };
+        self.phase.stop(graceful, exit);
     }
 
     /// TTIN / TTOU: one worker more or fewer, never below one.
     fn handle_scale(&mut self, delta: i64) {
-        if self.desired == 0 && delta < 0 {
+        let Some(n) = states::scale(self.desired, delta) else {
             // Drained by WINCH: there is nothing to take away, and
             // "never below one" must not bring a worker back.
             log::info!(
                 "TTOU ignored: workers are drained (HUP brings them back)"
             );
             return;
-        }
-        let n = (self.desired as i64 + delta).max(1) as usize;
+        };
         log::info!("workers: {} -> {n}", self.desired);
         self.desired = n;
     }
@@ -494,15 +467,12 @@ impl Master {
         if self.ready_count() < self.desired {
             return;
         }
-        if !self.ever_ready {
-            self.ever_ready = true;
+        if self.phase.serving() {
             self.on_serving();
         }
         // Also right after on_serving: a HUP before the first
         // generation was ready is a reload like any other.
-        if self.reload.is_some() {
-            self.reload_ready();
-        }
+        self.reload_ready();
     }
 
     /// Ready workers of the current generation.
@@ -547,8 +517,7 @@ impl Master {
     /// master is itself a successor (SPEC 4: only the last master that
     /// owns a socket unlinks it).
     fn unlink(&self, l: &Listener) {
-        let successor = self.handed_over || self.upgrade.child().is_some();
-        if !successor && !self.role.is_successor() {
+        if !self.upgrade.has_successor() && !self.role.is_successor() {
             l.unlink();
         }
     }
@@ -599,7 +568,7 @@ impl Master {
             if self.role.is_successor() {
                 let p2 = crate::pidfile::sibling(p, ".2");
                 crate::pidfile::remove_if_ours(&p2, self.me);
-            } else if !self.handed_over {
+            } else if !self.upgrade.handed_over() {
                 crate::pidfile::remove_if_ours(p, self.me);
             }
         }

@@ -9,18 +9,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::Master;
+use super::control::{Answer, Wait};
+use super::states::{Hup, InFlight, Reload};
 use crate::config::Config;
 use crate::listeners::{self, Listener};
 use crate::pool::Stop;
-
-/// A reload in flight: what to go back to if it fails.
-pub(super) struct Reload {
-    from: u64,
-    from_young_until: Option<Instant>,
-    previous: Config,
-    previous_listeners: Vec<Rc<Listener>>,
-    started: Instant,
-}
 
 /// A completed reload whose generation is still younger than its boot
 /// timeout: the configuration to roll back to. Listeners are not kept
@@ -37,39 +30,32 @@ impl Master {
     }
 
     /// Starts (or queues) a reload; returns the generation it will
-    /// bring, or why it cannot.
+    /// bring, or why it cannot. The outcome reaches the clients waiting
+    /// on that generation when it is known (`answer_waiting`).
     pub(super) fn request_reload(&mut self) -> Result<u64, String> {
-        if !matches!(self.phase, super::Phase::Running) {
-            log::warn!("HUP ignored: stopping");
-            return Err("the master is stopping".into());
-        }
-        if self.reload.is_some() {
-            log::info!("HUP: a reload is in flight; queued");
-            self.reload_queued = true;
-            return Ok(self.last_generation + 1);
-        }
-        if let super::upgrade::Upgrade::Spawned { child, .. } = self.upgrade {
-            // The booting new master inherited the listeners as they are
-            // now; a reload that changes them would pull the floor from
-            // under it at retirement (invariant 3: one change at a time).
-            // Once it is ready, HUP is the rollback step (SPEC 7.5).
-            let msg = format!(
-                "HUP refused: new master {child} is booting; reload once \
-                 the upgrade is over, or end it with TERM to {child}"
-            );
-            log::warn!("{msg}");
-            return Err(msg);
-        }
-        self.start_reload();
-        match &self.reload_outcome {
-            Some((t, Err(e))) if *t == self.last_generation + 1 => {
-                Err(e.clone())
+        // While a new master boots it inherited the listeners as they
+        // are, and a reload would change them under it; once it is
+        // ready, HUP is the rollback step (SPEC 7.5).
+        let booting = self.upgrade.booting_child();
+        match self.reload.on_hup(
+            self.phase.is_running(),
+            booting,
+            self.last_generation,
+        ) {
+            Hup::Refused(msg) => {
+                log::warn!("{msg}");
+                Err(msg)
             }
-            _ => Ok(self.generation),
+            Hup::Queued { target } => {
+                log::info!("HUP: a reload is in flight; queued");
+                Ok(target)
+            }
+            Hup::Start => self.start_reload(),
         }
     }
 
-    fn start_reload(&mut self) {
+    fn start_reload(&mut self) -> Result<u64, String> {
+        let target = self.last_generation + 1;
         self.sd_notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
             monotonic_usec()
@@ -84,29 +70,27 @@ impl Master {
             Ok((cfg, l))
         });
         let (cfg, listeners) = match loaded {
-            Ok(v) => {
-                self.reload_outcome = None;
-                v
-            }
+            Ok(v) => v,
             Err(e) => {
+                let why = one_line(&format!("{e:#}"));
                 log::error!(
-                    "reload rejected: {e:#}; generation {} keeps serving",
+                    "reload rejected: {why}; generation {} keeps serving",
                     self.generation
                 );
-                self.reload_outcome = Some((
-                    self.last_generation + 1,
-                    Err(format!(
-                        "reload rejected: {}",
-                        one_line(&format!("{e:#}"))
-                    )),
-                ));
-                self.sd_notify(&format!(
-                    "READY=1\nSTATUS=reload rejected: {}",
-                    one_line(&format!("{e:#}"))
-                ));
-                return;
+                let msg = format!("reload rejected: {why}");
+                self.answer_waiting(
+                    Wait::Reload(target),
+                    Answer::Failed(msg.clone()),
+                );
+                self.sd_notify(&format!("READY=1\nSTATUS={msg}"));
+                return Err(msg);
             }
         };
+        // The previous reload's old generation may still drain: as far
+        // as its waiters go, it is complete.
+        if let Some(t) = self.reload.superseded() {
+            self.answer_waiting(Wait::Reload(t), Answer::Reloaded(t));
+        }
         for l in &listeners {
             if !self.listeners.iter().any(|o| Rc::ptr_eq(o, l)) {
                 log::info!("listening on {} ({})", l.local, l.name);
@@ -115,19 +99,20 @@ impl Master {
         log::set_max_level(cfg.log_level);
         let from = self.generation;
         let from_young_until = self.young_until;
-        self.last_generation += 1;
-        self.generation = self.last_generation;
+        self.last_generation = target;
+        self.generation = target;
         self.young_until = Instant::now().checked_add(cfg.boot_timeout);
         self.settling = None;
         self.desired = cfg.workers;
         self.failures = 0;
         self.respawn_at = None;
         log::info!(
-            "reload: generation {} ({} workers) replaces generation {from}",
-            self.generation,
+            "reload: generation {target} ({} workers) replaces generation \
+             {from}",
             self.desired
         );
-        self.reload = Some(Reload {
+        self.reload = Reload::InFlight(Box::new(InFlight {
+            target,
             from,
             from_young_until,
             previous: std::mem::replace(&mut self.cfg, cfg),
@@ -136,16 +121,18 @@ impl Master {
                 listeners,
             ),
             started: Instant::now(),
-        });
+            queued: false,
+        }));
+        Ok(target)
     }
 
     /// Ends a reload in flight where it stands (WINCH): the new
     /// configuration stays, the previous listeners retire with the old
     /// generation.
     pub(super) fn settle_reload(&mut self) {
-        let Some(r) = self.reload.take() else { return };
-        self.retire_listeners(r.previous_listeners);
-        self.reload_queued = false;
+        if let Some(r) = self.reload.end() {
+            self.retire_listeners(r.previous_listeners);
+        }
     }
 
     fn retire_listeners(&mut self, previous: Vec<Rc<Listener>>) {
@@ -157,11 +144,13 @@ impl Master {
     }
 
     /// Every worker of the new generation is ready: the old one retires
-    /// (maintain does that) and the reload is complete.
+    /// (maintain does that); the reload is complete once it is gone.
     pub(super) fn reload_ready(&mut self) {
-        let Some(r) = self.reload.take() else { return };
+        let Some(r) = self.reload.on_ready() else {
+            return;
+        };
         log::info!(
-            "reload complete in {} ms: generation {} serving; retiring \
+            "reload ready in {} ms: generation {} serving; retiring \
              generation {}",
             r.started.elapsed().as_millis(),
             self.generation,
@@ -173,30 +162,42 @@ impl Master {
             previous: r.previous,
         });
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
-        if std::mem::take(&mut self.reload_queued)
-            && matches!(self.phase, super::Phase::Running)
-        {
-            self.start_reload();
+        self.reload_progress();
+        if r.queued && self.phase.is_running() {
+            let _ = self.start_reload();
+        }
+    }
+
+    /// Called when a worker went away: a reload whose old generation is
+    /// gone is complete, and its waiting clients are told.
+    pub(super) fn reload_progress(&mut self) {
+        let oldest = self.workers.iter().map(|w| w.generation).min();
+        if let Some(target) = self.reload.on_old_gone(oldest) {
+            log::info!("reload complete: generation {target} serving");
+            self.answer_waiting(
+                Wait::Reload(target),
+                Answer::Reloaded(target),
+            );
         }
     }
 
     /// The new generation cannot boot: kill it, go back.
     pub(super) fn abandon_reload(&mut self, reason: &str) {
-        let Some(r) = self.reload.take() else { return };
+        let Some(r) = self.reload.end() else { return };
         log::error!(
             "reload to generation {} failed: {reason}; generation {} keeps \
              serving",
             self.generation,
             r.from
         );
-        self.reload_outcome = Some((
-            self.generation,
-            Err(format!(
+        self.answer_waiting(
+            Wait::Reload(r.target),
+            Answer::Failed(format!(
                 "reload to generation {} failed: {}",
-                self.generation,
+                r.target,
                 one_line(reason)
             )),
-        ));
+        );
         for w in &mut self.workers {
             if w.generation == self.generation && !w.is_stopping() {
                 let kill_at = super::workers::kill(w, Instant::now());
@@ -216,22 +217,20 @@ impl Master {
         self.generation = r.from;
         self.young_until = r.from_young_until;
         self.desired = self.cfg.workers;
-        if matches!(self.phase, super::Phase::Running) {
+        if self.phase.is_running() {
             self.sd_notify(&format!(
                 "READY=1\nSTATUS=reload failed: {}",
                 one_line(reason)
             ));
         }
-        if std::mem::take(&mut self.reload_queued)
-            && matches!(self.phase, super::Phase::Running)
-        {
-            self.start_reload();
+        if r.queued && self.phase.is_running() {
+            let _ = self.start_reload();
         }
     }
 
     /// Whether a failure of a worker of `generation` abandons a reload.
     pub(super) fn reload_failing(&self, generation: u64) -> bool {
-        self.reload.is_some() && generation == self.generation
+        self.reload.in_flight() && generation == self.generation
     }
 
     /// A worker of the generation a reload just brought exited 3/4 after

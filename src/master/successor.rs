@@ -121,7 +121,7 @@ impl Master {
             }
         }
         log::info!("promoted: old master {old} is gone");
-        if self.ever_ready {
+        if self.phase.served() {
             self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
         }
     }

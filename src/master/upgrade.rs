@@ -13,7 +13,7 @@
 //! The new master's side is in `successor`.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,6 +22,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use super::control::{Answer, Wait};
+use super::states::{ExitStep, ReadyStep, StopStep, Upgrade};
 use super::{Exit, Master, Phase, Role, workers::describe};
 use crate::handoff;
 use crate::pidfile;
@@ -35,56 +37,6 @@ const UPGRADE_MARGIN: Duration = Duration::from_secs(5);
 /// before it exits anyway.
 pub(super) const BARRIER_LIMIT: Duration = Duration::from_secs(5);
 
-/// The old master's view of an upgrade.
-pub enum Upgrade {
-    Idle,
-    Spawned {
-        child: Pid,
-        ready: Option<OwnedFd>,
-        errors: OwnedFd,
-        deadline: Instant,
-        /// A TERM arrived meanwhile: retire if it succeeds, stop if not.
-        term_held: bool,
-        /// `upgrader -s upgrade`: retire if it succeeds (and only then).
-        retire_when_ready: bool,
-        /// Why it failed, once known (logged when the child is reaped).
-        failure: Option<String>,
-        started: Instant,
-    },
-    Ready {
-        child: Pid,
-    },
-}
-
-impl Upgrade {
-    pub fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Upgrade::Spawned { ready: Some(r), .. } => Some(r.as_fd()),
-            _ => None,
-        }
-    }
-
-    pub fn deadline(&self) -> Option<Instant> {
-        match self {
-            Upgrade::Spawned {
-                deadline,
-                failure: None,
-                ..
-            } => Some(*deadline),
-            _ => None,
-        }
-    }
-
-    pub(super) fn child(&self) -> Option<Pid> {
-        match self {
-            Upgrade::Idle => None,
-            Upgrade::Spawned { child, .. } | Upgrade::Ready { child } => {
-                Some(*child)
-            }
-        }
-    }
-}
-
 impl Master {
     pub(super) fn handle_upgrade(&mut self) {
         let _ = self.start_upgrade();
@@ -94,12 +46,7 @@ impl Master {
     /// once the new one is ready (the TERM of the manual procedure).
     pub(super) fn request_upgrade(&mut self) -> Result<(), String> {
         self.start_upgrade()?;
-        if let Upgrade::Spawned {
-            retire_when_ready, ..
-        } = &mut self.upgrade
-        {
-            *retire_when_ready = true;
-        }
+        self.upgrade.retire_when_ready();
         Ok(())
     }
 
@@ -108,11 +55,11 @@ impl Master {
             Some(format!(
                 "USR2 ignored: not promoted yet (old master {old} still runs)"
             ))
-        } else if let Some(child) = self.upgrade.child() {
-            Some(format!("USR2 ignored: new master {child} exists"))
-        } else if !matches!(self.phase, Phase::Running) {
+        } else if let Some(msg) = self.upgrade.refuse() {
+            Some(msg)
+        } else if !self.phase.is_running() {
             Some("USR2 ignored: stopping".to_string())
-        } else if self.reload.is_some() {
+        } else if self.reload.in_flight() {
             // An abandoned reload closes listeners a successor would
             // have inherited: one change at a time (invariant 3).
             Some("USR2 ignored: a reload is in flight".to_string())
@@ -123,7 +70,6 @@ impl Master {
             log::warn!("{msg}");
             return Err(msg);
         }
-        self.upgrade_outcome = None;
         self.reexec().map_err(|e| {
             let msg = format!("upgrade failed: {e:#}");
             log::error!("{msg}");
@@ -178,133 +124,79 @@ impl Master {
             fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("pipe")?;
         }
         log::info!("USR2: new master {child} spawned");
-        self.upgrade = Upgrade::Spawned {
-            child,
-            ready: Some(ready_r),
-            errors: err_r,
-            // The new master's own workers have --boot-timeout from
-            // their spawn, after its start-up: the margin lets their
-            // failure (and its cause, on the ready pipe) come first.
-            deadline: Instant::now() + self.cfg.boot_timeout + UPGRADE_MARGIN,
-            term_held: false,
-            retire_when_ready: false,
-            failure: None,
-            started: Instant::now(),
-        };
+        // The new master's own workers have --boot-timeout from their
+        // spawn, after its start-up: the margin lets their failure (and
+        // its cause, on the ready pipe) come first.
+        let deadline = Instant::now() + self.cfg.boot_timeout + UPGRADE_MARGIN;
+        self.upgrade = Upgrade::booting(child, ready_r, err_r, deadline);
         self.sd_notify(&format!(
             "STATUS=upgrading: new master {child} booting"
         ));
         Ok(())
     }
 
-    /// The ready pipe: a byte (ready) or EOF (it died first).
+    /// The ready pipe: a byte (ready), `!reason` or EOF (it failed).
     pub(super) fn on_successor_readable(&mut self) {
-        let Upgrade::Spawned {
-            child,
-            ready,
-            term_held,
-            retire_when_ready,
-            failure,
-            started,
-            deadline,
-            ..
-        } = &mut self.upgrade
-        else {
+        let Some(fd) = self.upgrade.ready_fd() else {
             return;
         };
-        let Some(fd) = ready else { return };
         let mut buf = [0u8; 1024];
-        let got = match nix::unistd::read(&*fd, &mut buf) {
-            Ok(0) => Some(None),
-            Ok(n) => Some(Some(buf[..n].to_vec())),
+        let read = match nix::unistd::read(fd, &mut buf) {
+            Ok(n) => Some(&buf[..n]),
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => None,
-            Err(_) => Some(None),
+            Err(_) => Some(&buf[..0]),
         };
-        match got {
-            None => {}
-            // "!reason": the new master halted and says why.
-            Some(Some(bytes)) if bytes.first() == Some(&b'!') => {
-                *ready = None;
-                let why = String::from_utf8_lossy(&bytes[1..]).into_owned();
-                *failure = Some(why);
-            }
-            Some(Some(_)) => {
-                let (child, held) = (*child, *term_held || *retire_when_ready);
-                log::info!(
-                    "upgrade: new master {child} ready in {} ms",
-                    started.elapsed().as_millis()
-                );
-                self.upgrade = Upgrade::Ready { child };
-                self.sd_notify(&format!(
-                    "STATUS=upgrade: new master {child} ready"
-                ));
-                if held || self.cfg.auto_retire {
-                    self.retire(true);
-                }
-            }
-            Some(None) => {
-                // EOF without the byte: the upgrade failed (SPEC 7.2).
-                // The new master is normally exiting already (it closes
-                // the pipe just before it exits); one that still runs a
-                // second later is killed, so it cannot block the next
-                // USR2.
-                *ready = None;
-                let soon = Instant::now() + Duration::from_secs(1);
-                *deadline = (*deadline).min(soon);
+        let now = Instant::now();
+        let step = self.upgrade.on_ready_pipe(read, now, self.cfg.auto_retire);
+        if let ReadyStep::Ready {
+            child,
+            retire,
+            took,
+        } = step
+        {
+            log::info!(
+                "upgrade: new master {child} ready in {} ms",
+                took.as_millis()
+            );
+            self.sd_notify(&format!(
+                "STATUS=upgrade: new master {child} ready"
+            ));
+            self.answer_waiting(Wait::Upgrade, Answer::NewMaster(child));
+            if retire {
+                self.retire(true);
             }
         }
     }
 
     /// The deadline of a booting new master passed.
     pub(super) fn upgrade_timers(&mut self, now: Instant) {
-        if let Upgrade::Spawned {
-            child,
-            deadline,
-            failure,
-            ready,
-            ..
-        } = &mut self.upgrade
-            && failure.is_none()
-            && *deadline <= now
-        {
-            *failure = Some(match ready {
-                Some(_) => format!(
-                    "not ready within {}",
-                    humantime::format_duration(
-                        self.cfg.boot_timeout + UPGRADE_MARGIN
-                    )
-                ),
-                None => "closed its ready pipe without being ready".into(),
-            });
-            let _ = kill(*child, Signal::SIGKILL);
+        let why = format!(
+            "not ready within {}",
+            humantime::format_duration(self.cfg.boot_timeout + UPGRADE_MARGIN)
+        );
+        if let Some(child) = self.upgrade.on_deadline(now, why) {
+            let _ = kill(child, Signal::SIGKILL);
         }
     }
 
     /// A stop while a new master exists: held while it boots, a
     /// retirement once it is ready. Returns whether it was handled.
     pub(super) fn stop_is_retirement(&mut self, graceful: bool) -> bool {
-        match &mut self.upgrade {
-            Upgrade::Spawned {
-                child, term_held, ..
-            } if graceful => {
-                if !*term_held {
+        match self.upgrade.on_stop(graceful) {
+            StopStep::Stop => false,
+            StopStep::Hold { first } => {
+                if first && let Some(child) = self.upgrade.booting_child() {
                     log::info!(
                         "TERM held until new master {child} is ready or fails"
                     );
                 }
-                *term_held = true;
                 true
             }
-            Upgrade::Ready { .. } => {
-                if matches!(self.phase, Phase::Running) {
-                    self.retire(graceful);
-                    true
-                } else {
-                    // Retiring already: INT/QUIT may still hurry it.
-                    graceful
-                }
+            StopStep::Retire => {
+                self.retire(graceful);
+                true
             }
-            _ => false,
+            StopStep::Ignore => true,
         }
     }
 
@@ -318,11 +210,9 @@ impl Master {
             "new master {pid} {what} while this master was retiring: taking \
              over again"
         );
-        self.handed_over = false;
-        self.phase = Phase::Running;
-        if let Some(p) = &self.cfg.pidfile {
-            pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
-        }
+        self.upgrade.take_over();
+        self.phase = Phase::Serving;
+        self.remove_successor_pidfile(pid);
         self.last_generation += 1;
         self.generation = self.last_generation;
         self.young_until = None;
@@ -337,7 +227,7 @@ impl Master {
 
     /// Hands over to the ready new master and drains.
     fn retire(&mut self, graceful: bool) {
-        let Upgrade::Ready { child } = self.upgrade else {
+        let Some(child) = self.upgrade.retire() else {
             return;
         };
         log::info!("retiring: new master {child} takes over");
@@ -358,7 +248,6 @@ impl Master {
                 Err(e) => log::warn!("sd_notify barrier: {e:#}"),
             }
         }
-        self.handed_over = true;
         self.stop_all(
             graceful,
             Exit {
@@ -374,16 +263,14 @@ impl Master {
         pid: Pid,
         status: WaitStatus,
     ) -> bool {
-        if self.upgrade.child() != Some(pid) {
-            return false;
-        }
         let what = describe(status);
-        match std::mem::replace(&mut self.upgrade, Upgrade::Idle) {
-            Upgrade::Spawned {
-                errors,
-                term_held,
+        let stopping = !self.phase.is_running();
+        match self.upgrade.on_exit(pid, stopping) {
+            ExitStep::NotOurs => return false,
+            ExitStep::Failed {
                 failure,
-                ..
+                errors,
+                stop,
             } => {
                 let why = sys::exec_failure(errors.as_fd())
                     .map(|(stage, errno)| {
@@ -396,49 +283,40 @@ impl Master {
                     })
                     .or(failure)
                     .unwrap_or_else(|| "exited before it was ready".into());
-                log::error!(
-                    "upgrade failed: new master {pid} {what}: {why}; this \
-                     master carries on"
-                );
-                self.upgrade_outcome = Some(Err(format!(
-                    "upgrade failed: new master {pid} {what}: {why}"
-                )));
+                let msg =
+                    format!("upgrade failed: new master {pid} {what}: {why}");
+                log::error!("{msg}; this master carries on");
+                self.answer_waiting(Wait::Upgrade, Answer::Failed(msg));
                 self.sd_notify(&format!(
                     "STATUS=upgrade failed: new master {pid} {what}"
                 ));
-                if let Some(p) = &self.cfg.pidfile {
-                    pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
-                }
-                if term_held {
+                self.remove_successor_pidfile(pid);
+                if stop {
                     self.handle_stop(true);
                 }
             }
-            Upgrade::Ready { .. } => {
-                if self.handed_over
-                    && matches!(self.phase, Phase::Stopping { .. })
-                    && !self.systemd.enabled()
-                {
-                    self.take_over_again(pid, &what);
-                } else if self.handed_over {
-                    log::info!("new master {pid} {what}");
-                } else {
-                    log::error!(
-                        "new master {pid} {what} before retirement; this \
-                         master carries on"
-                    );
-                    self.upgrade_outcome = Some(Err(format!(
-                        "new master {pid} {what} before retirement"
-                    )));
-                    if let Some(p) = &self.cfg.pidfile {
-                        pidfile::remove_if_ours(
-                            &pidfile::sibling(p, ".2"),
-                            pid,
-                        );
-                    }
-                }
+            ExitStep::DiedBeforeRetirement => {
+                let msg = format!("new master {pid} {what} before retirement");
+                log::error!("{msg}; this master carries on");
+                self.answer_waiting(Wait::Upgrade, Answer::Failed(msg));
+                self.remove_successor_pidfile(pid);
             }
-            Upgrade::Idle => {}
+            // Under systemd the main pid was handed over already, and
+            // the dead one ends the unit.
+            ExitStep::DiedWhileRetiring if !self.systemd.enabled() => {
+                self.take_over_again(pid, &what);
+            }
+            ExitStep::DiedWhileRetiring | ExitStep::Gone => {
+                log::info!("new master {pid} {what}");
+            }
         }
         true
+    }
+
+    /// Removes `<pidfile>.2` if the (dead) new master `pid` wrote it.
+    fn remove_successor_pidfile(&self, pid: Pid) {
+        if let Some(p) = &self.cfg.pidfile {
+            pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
+        }
     }
 }

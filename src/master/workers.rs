@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::{Exit, Master, Phase};
+use super::{Exit, Master};
 use crate::cli::ReadyMode;
 use crate::config::{Config, WorkerKind};
 use crate::pool::{self, Due, State, Stop, Worker};
@@ -62,6 +62,7 @@ impl Master {
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
                         self.reaped(pid, status);
+                        self.reload_progress();
                     }
                 }
                 Err(Errno::EINTR) => continue,
@@ -219,7 +220,7 @@ impl Master {
             self.abandon_reload(&reason);
             return;
         }
-        if self.ever_ready {
+        if self.phase.served() {
             self.failed(w, Instant::now());
             return;
         }
@@ -248,22 +249,16 @@ impl Master {
 
     /// Stops with a boot failure's status (3, or 4: "4 wins over 3").
     fn halt(&mut self, code: u8, line: String) {
-        match &mut self.phase {
-            Phase::Stopping { exit, .. } if exit.code != 0 => {
-                if code == 4 && exit.code == 3 {
-                    exit.code = 4; // "4 wins over 3"
-                }
-            }
-            _ => {
-                log::error!("halting: workers failed to boot");
-                self.sd_notify("STATUS=halted: workers failed to boot");
-                let exit = Exit {
-                    code,
-                    reason: Some(line),
-                };
-                self.stop_all(false, exit);
-            }
-        }
+        let Some(code) = self.phase.halt_code(code) else {
+            return;
+        };
+        log::error!("halting: workers failed to boot");
+        self.sd_notify("STATUS=halted: workers failed to boot");
+        let exit = Exit {
+            code,
+            reason: Some(line),
+        };
+        self.stop_all(false, exit);
     }
 
     /// Whether a worker that said `STOPPING=1` and then exited left as
@@ -364,7 +359,7 @@ impl Master {
     /// Carries out the pool plan: spawn what is missing, retire what is
     /// too much or too old.
     pub(super) fn maintain(&mut self, now: Instant) {
-        if !matches!(self.phase, Phase::Running) {
+        if !self.phase.is_running() {
             return;
         }
         self.close_retired();

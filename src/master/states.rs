@@ -1,0 +1,717 @@
+//! The master's lifecycles as state machines: the master as a whole
+//! (`Phase`), a HUP reload (`Reload`) and a USR2 upgrade (`Upgrade`).
+//! Each enum's variants carry exactly the data valid in that state; a
+//! transition takes an event and says what must happen, and the master
+//! (mod.rs, reload.rs, upgrade.rs) carries it out: signals, forks,
+//! answers to waiting `-s` clients. Nothing here forks or signals, so
+//! every odd order of events is a unit test (below). DESIGN.md has a
+//! table per lifecycle.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::Exit;
+use crate::config::Config;
+use crate::listeners::Listener;
+
+/// The master as a whole.
+#[derive(Debug)]
+pub enum Phase {
+    /// The first generation is not ready yet: a worker that cannot boot
+    /// halts the master (invariant 5).
+    Starting,
+    Serving,
+    /// Stopping; exits with `exit` once every worker is reaped.
+    /// `served`: the first generation had been ready.
+    Stopping {
+        graceful: bool,
+        exit: Exit,
+        served: bool,
+    },
+}
+
+impl Phase {
+    pub fn is_running(&self) -> bool {
+        !matches!(self, Phase::Stopping { .. })
+    }
+
+    /// Whether the first generation has been ready.
+    pub fn served(&self) -> bool {
+        match self {
+            Phase::Starting => false,
+            Phase::Serving => true,
+            Phase::Stopping { served, .. } => *served,
+        }
+    }
+
+    /// The first generation is ready; true the first time.
+    pub fn serving(&mut self) -> bool {
+        match self {
+            Phase::Starting => {
+                *self = Phase::Serving;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a stop request changes anything: a graceful stop does
+    /// not soften a fast one, and neither repeats itself.
+    pub fn wants_stop(&self, graceful: bool) -> bool {
+        match self {
+            Phase::Stopping {
+                graceful: false, ..
+            } => false,
+            Phase::Stopping { graceful: true, .. } => !graceful,
+            _ => true,
+        }
+    }
+
+    pub fn stop(&mut self, graceful: bool, exit: Exit) {
+        let served = self.served();
+        *self = Phase::Stopping {
+            graceful,
+            exit,
+            served,
+        };
+    }
+
+    /// A boot failure: the exit status to halt with, if this failure
+    /// halts (before the first generation was ready). While a halt is
+    /// under way, a later exit 4 wins over 3 and nothing else changes.
+    pub fn halt_code(&mut self, code: u8) -> Option<u8> {
+        match self {
+            Phase::Stopping { exit, .. } if exit.code != 0 => {
+                if code == 4 && exit.code == 3 {
+                    exit.code = 4; // "4 wins over 3"
+                }
+                None
+            }
+            _ => Some(code),
+        }
+    }
+}
+
+/// A HUP reload.
+pub enum Reload {
+    Idle,
+    /// The new generation `target` is booting; what to go back to if it
+    /// cannot. `queued`: another HUP came meanwhile (one is kept).
+    InFlight(Box<InFlight>),
+    /// The new generation is ready and the old one drains: the reload is
+    /// complete once no older worker is left.
+    Retiring {
+        target: u64,
+    },
+}
+
+pub struct InFlight {
+    pub target: u64,
+    pub from: u64,
+    pub from_young_until: Option<Instant>,
+    pub previous: Config,
+    pub previous_listeners: Vec<Rc<Listener>>,
+    pub started: Instant,
+    pub queued: bool,
+}
+
+/// What a HUP does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hup {
+    /// Start a reload now.
+    Start,
+    /// A reload is in flight: this one follows it, to `target`.
+    Queued {
+        target: u64,
+    },
+    Refused(String),
+}
+
+impl Reload {
+    pub fn in_flight(&self) -> bool {
+        matches!(self, Reload::InFlight(_))
+    }
+
+    /// A HUP. `booting`: a new master that is still booting (it inherited
+    /// the listeners as they are; a reload would change them under it);
+    /// `last`: the last generation started.
+    pub fn on_hup(
+        &mut self,
+        running: bool,
+        booting: Option<Pid>,
+        last: u64,
+    ) -> Hup {
+        if !running {
+            return Hup::Refused("HUP ignored: stopping".into());
+        }
+        if let Reload::InFlight(r) = self {
+            r.queued = true;
+            return Hup::Queued { target: last + 1 };
+        }
+        if let Some(child) = booting {
+            return Hup::Refused(format!(
+                "HUP refused: new master {child} is booting; reload once \
+                 the upgrade is over, or end it with TERM to {child}"
+            ));
+        }
+        Hup::Start
+    }
+
+    /// Every worker of the new generation is ready: the old one retires.
+    /// Returns what the reload replaced, and whether a HUP is queued.
+    pub fn on_ready(&mut self) -> Option<Box<InFlight>> {
+        match std::mem::replace(self, Reload::Idle) {
+            Reload::InFlight(r) => {
+                *self = Reload::Retiring { target: r.target };
+                Some(r)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// The new generation cannot boot (or WINCH ended the reload where
+    /// it stands): back to idle, with what it replaced.
+    pub fn end(&mut self) -> Option<Box<InFlight>> {
+        match std::mem::replace(self, Reload::Idle) {
+            Reload::InFlight(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A worker went away: if no worker older than the reload's target
+    /// is left (`oldest` is the oldest live generation), the reload is
+    /// complete; returns its target.
+    pub fn on_old_gone(&mut self, oldest: Option<u64>) -> Option<u64> {
+        match *self {
+            Reload::Retiring { target }
+                if oldest.is_none_or(|g| g >= target) =>
+            {
+                *self = Reload::Idle;
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+
+    /// A new reload starts while the previous one's old generation still
+    /// drains: that one is complete as far as its waiters go.
+    pub fn superseded(&mut self) -> Option<u64> {
+        match *self {
+            Reload::Retiring { target } => {
+                *self = Reload::Idle;
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The old master's side of a USR2 upgrade.
+pub enum Upgrade {
+    Idle,
+    /// The new master runs and has not written its ready byte.
+    Booting(Box<Booting>),
+    /// The new master is ready; this one serves until it retires.
+    Ready {
+        child: Pid,
+    },
+    /// This master retired in favour of `child` (MAINPID handed over,
+    /// draining). `alive`: the new master has not been reaped.
+    HandedOver {
+        child: Pid,
+        alive: bool,
+    },
+}
+
+pub struct Booting {
+    pub child: Pid,
+    /// The ready pipe, until a byte, `!reason` or EOF came.
+    pub ready: Option<OwnedFd>,
+    /// The exec's error pipe (stage and errno if exec failed).
+    pub errors: OwnedFd,
+    pub deadline: Instant,
+    /// A TERM arrived meanwhile: retire if it succeeds, stop if not.
+    pub term_held: bool,
+    /// `upgrader -s upgrade`: retire when it is ready (the TERM of the
+    /// manual procedure).
+    pub retire_when_ready: bool,
+    /// Why it failed, once known (reported when the child is reaped).
+    pub failure: Option<String>,
+    pub started: Instant,
+}
+
+/// What a stop signal (TERM graceful, INT/QUIT fast) means while an
+/// upgrade is in play.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StopStep {
+    /// An ordinary stop.
+    Stop,
+    /// TERM while the new master boots: held until the outcome. `first`:
+    /// not held before.
+    Hold { first: bool },
+    /// The new master is ready: this stop is the retirement.
+    Retire,
+    /// Retiring already; nothing more to do.
+    Ignore,
+}
+
+/// What the ready pipe said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadyStep {
+    /// Nothing yet (EAGAIN) or not booting.
+    Nothing,
+    /// The new master is ready; retire now if a TERM was held or `-s
+    /// upgrade` asked for it.
+    Ready {
+        child: Pid,
+        retire: bool,
+        took: std::time::Duration,
+    },
+    /// It halted and said why, or closed the pipe: its exit follows (a
+    /// second later at most, or it is killed).
+    Failing,
+}
+
+/// How the new master's exit is to be taken.
+pub enum ExitStep {
+    /// Not the new master.
+    NotOurs,
+    /// It died before it was ready: the upgrade failed. `failure`: the
+    /// reason it gave (or the deadline's), `errors`: the exec's error
+    /// pipe, `stop`: a TERM was held.
+    Failed {
+        failure: Option<String>,
+        errors: OwnedFd,
+        stop: bool,
+    },
+    /// It was ready but this master had not retired yet.
+    DiedBeforeRetirement,
+    /// It died after the hand-off while this master was still draining:
+    /// nobody would serve once this one exits.
+    DiedWhileRetiring,
+    /// It exited after the hand-off, this master being gone as far as
+    /// the service is concerned.
+    Gone,
+}
+
+impl Upgrade {
+    pub fn booting(
+        child: Pid,
+        ready: OwnedFd,
+        errors: OwnedFd,
+        deadline: Instant,
+    ) -> Upgrade {
+        Upgrade::Booting(Box::new(Booting {
+            child,
+            ready: Some(ready),
+            errors,
+            deadline,
+            term_held: false,
+            retire_when_ready: false,
+            failure: None,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The new master, while it runs (booting, ready, or handed over).
+    pub fn child(&self) -> Option<Pid> {
+        match self {
+            Upgrade::Idle => None,
+            Upgrade::Booting(b) => Some(b.child),
+            Upgrade::Ready { child } => Some(*child),
+            Upgrade::HandedOver { child, alive } => alive.then_some(*child),
+        }
+    }
+
+    /// The new master while it boots.
+    pub fn booting_child(&self) -> Option<Pid> {
+        match self {
+            Upgrade::Booting(b) => Some(b.child),
+            _ => None,
+        }
+    }
+
+    /// A successor inherited the listeners (it exists, or took over).
+    pub fn has_successor(&self) -> bool {
+        !matches!(self, Upgrade::Idle)
+    }
+
+    pub fn handed_over(&self) -> bool {
+        matches!(self, Upgrade::HandedOver { .. })
+    }
+
+    pub fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Upgrade::Booting(b) => b.ready.as_ref().map(|r| r.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// When to give up on a booting new master.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Upgrade::Booting(b) if b.failure.is_none() => Some(b.deadline),
+            _ => None,
+        }
+    }
+
+    /// Why a USR2 cannot start an upgrade now, if it cannot.
+    pub fn refuse(&self) -> Option<String> {
+        self.child()
+            .map(|child| format!("USR2 ignored: new master {child} exists"))
+    }
+
+    /// `-s upgrade`: retire once the new master is ready.
+    pub fn retire_when_ready(&mut self) {
+        if let Upgrade::Booting(b) = self {
+            b.retire_when_ready = true;
+        }
+    }
+
+    pub fn on_stop(&mut self, graceful: bool) -> StopStep {
+        match self {
+            Upgrade::Booting(b) if graceful => {
+                let first = !b.term_held;
+                b.term_held = true;
+                StopStep::Hold { first }
+            }
+            Upgrade::Ready { .. } => StopStep::Retire,
+            Upgrade::HandedOver { .. } if graceful => StopStep::Ignore,
+            _ => StopStep::Stop,
+        }
+    }
+
+    /// What was read from the ready pipe: `Some(bytes)` (empty: EOF), or
+    /// `None` (nothing yet). `auto_retire`: `--auto-retire on`.
+    pub fn on_ready_pipe(
+        &mut self,
+        read: Option<&[u8]>,
+        now: Instant,
+        auto_retire: bool,
+    ) -> ReadyStep {
+        let Upgrade::Booting(b) = self else {
+            return ReadyStep::Nothing;
+        };
+        match read {
+            None => ReadyStep::Nothing,
+            // "!reason": the new master halted and says why.
+            Some([b'!', why @ ..]) => {
+                b.ready = None;
+                b.failure = Some(String::from_utf8_lossy(why).into_owned());
+                ReadyStep::Failing
+            }
+            Some([]) => {
+                // EOF without the byte (SPEC 7.2). A new master closes the
+                // pipe just before it exits; one that still runs a second
+                // later is killed, so it cannot block the next USR2.
+                b.ready = None;
+                b.deadline = b.deadline.min(now + EXIT_GRACE);
+                ReadyStep::Failing
+            }
+            Some(_) => {
+                let (child, took) = (b.child, now - b.started);
+                let retire = b.term_held || b.retire_when_ready || auto_retire;
+                *self = Upgrade::Ready { child };
+                ReadyStep::Ready {
+                    child,
+                    retire,
+                    took,
+                }
+            }
+        }
+    }
+
+    /// The deadline passed: returns the new master to SIGKILL, with the
+    /// failure recorded as `why`.
+    pub fn on_deadline(&mut self, now: Instant, why: String) -> Option<Pid> {
+        match self {
+            Upgrade::Booting(b)
+                if b.failure.is_none() && b.deadline <= now =>
+            {
+                b.failure = Some(match b.ready {
+                    Some(_) => why,
+                    None => "closed its ready pipe without being ready".into(),
+                });
+                Some(b.child)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ready -> HandedOver: the retirement begins. Returns the new master.
+    pub fn retire(&mut self) -> Option<Pid> {
+        match *self {
+            Upgrade::Ready { child } => {
+                *self = Upgrade::HandedOver { child, alive: true };
+                Some(child)
+            }
+            _ => None,
+        }
+    }
+
+    /// A child was reaped; `stopping`: this master is draining.
+    pub fn on_exit(&mut self, pid: Pid, stopping: bool) -> ExitStep {
+        if self.child() != Some(pid) {
+            return ExitStep::NotOurs;
+        }
+        match std::mem::replace(self, Upgrade::Idle) {
+            Upgrade::Booting(b) => ExitStep::Failed {
+                failure: b.failure,
+                errors: b.errors,
+                stop: b.term_held,
+            },
+            Upgrade::Ready { .. } => ExitStep::DiedBeforeRetirement,
+            Upgrade::HandedOver { child, .. } => {
+                *self = Upgrade::HandedOver {
+                    child,
+                    alive: false,
+                };
+                if stopping {
+                    ExitStep::DiedWhileRetiring
+                } else {
+                    ExitStep::Gone
+                }
+            }
+            Upgrade::Idle => ExitStep::NotOurs,
+        }
+    }
+
+    /// The old master takes over again after its successor died.
+    pub fn take_over(&mut self) {
+        *self = Upgrade::Idle;
+    }
+
+    /// For `-s status`: the new master and what it is doing.
+    pub fn describe(&self) -> Option<(Pid, &'static str)> {
+        match self {
+            Upgrade::Idle => None,
+            Upgrade::Booting(b) => Some((b.child, "booting")),
+            Upgrade::Ready { child } => Some((*child, "ready")),
+            Upgrade::HandedOver { child, .. } => Some((*child, "handed over")),
+        }
+    }
+}
+
+/// How long a new master that closed its ready pipe has to exit.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// TTIN (+1) / TTOU (-1): the new pool size, or `None` when the change
+/// is refused (TTOU while drained by WINCH must not bring a worker back).
+pub fn scale(desired: usize, delta: i64) -> Option<usize> {
+    if desired == 0 && delta < 0 {
+        return None;
+    }
+    Some((desired as i64 + delta).max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe().unwrap()
+    }
+
+    fn booting(child: i32) -> Upgrade {
+        let (r, _w) = pipe();
+        let (e, _w2) = pipe();
+        Upgrade::booting(
+            Pid::from_raw(child),
+            r,
+            e,
+            Instant::now() + Duration::from_secs(30),
+        )
+    }
+
+    fn exit0() -> Exit {
+        Exit {
+            code: 0,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn term_during_an_upgrade_boot_is_held_then_retires() {
+        let mut u = booting(7);
+        assert_eq!(u.on_stop(true), StopStep::Hold { first: true });
+        assert_eq!(u.on_stop(true), StopStep::Hold { first: false });
+        let step = u.on_ready_pipe(Some(b"1"), Instant::now(), false);
+        assert!(
+            matches!(step, ReadyStep::Ready { retire: true, .. }),
+            "{step:?}"
+        );
+        assert_eq!(u.on_stop(true), StopStep::Retire);
+        assert_eq!(u.retire(), Some(Pid::from_raw(7)));
+        assert_eq!(u.on_stop(true), StopStep::Ignore, "TERM again");
+        assert_eq!(u.on_stop(false), StopStep::Stop, "QUIT hurries it");
+    }
+
+    #[test]
+    fn fast_stop_during_a_boot_is_not_held() {
+        let mut u = booting(7);
+        assert_eq!(u.on_stop(false), StopStep::Stop);
+    }
+
+    #[test]
+    fn term_held_and_the_upgrade_fails_stops_as_asked() {
+        let mut u = booting(7);
+        u.on_stop(true);
+        let step =
+            u.on_ready_pipe(Some(b"!config broken"), Instant::now(), true);
+        assert_eq!(step, ReadyStep::Failing);
+        match u.on_exit(Pid::from_raw(7), false) {
+            ExitStep::Failed { failure, stop, .. } => {
+                assert_eq!(failure.as_deref(), Some("config broken"));
+                assert!(stop);
+            }
+            _ => panic!("not a failure"),
+        }
+        assert!(matches!(u, Upgrade::Idle));
+        assert_eq!(u.refuse(), None, "the next USR2 is accepted");
+    }
+
+    #[test]
+    fn eof_gives_the_new_master_a_second_to_exit() {
+        let mut u = booting(7);
+        let now = Instant::now();
+        assert_eq!(u.on_ready_pipe(Some(b""), now, false), ReadyStep::Failing);
+        assert!(u.deadline().unwrap() <= now + EXIT_GRACE);
+        assert_eq!(u.ready_fd().map(|_| ()), None);
+        let late = now + Duration::from_secs(2);
+        assert_eq!(u.on_deadline(late, "x".into()), Some(Pid::from_raw(7)));
+        assert_eq!(u.deadline(), None, "fired once");
+    }
+
+    #[test]
+    fn a_second_usr2_is_refused_until_the_first_is_over() {
+        let mut u = booting(7);
+        assert!(u.refuse().unwrap().contains("new master 7"));
+        u.on_ready_pipe(Some(b"1"), Instant::now(), false);
+        assert!(u.refuse().is_some());
+        u.retire();
+        assert!(u.refuse().is_some(), "while the new master runs");
+        assert!(matches!(u.on_exit(Pid::from_raw(7), false), ExitStep::Gone));
+        assert!(u.has_successor(), "its sockets are the successor's");
+        assert_eq!(u.refuse(), None);
+    }
+
+    #[test]
+    fn the_new_master_dying_while_the_old_drains_is_a_take_over() {
+        let mut u = booting(7);
+        u.on_ready_pipe(Some(b"1"), Instant::now(), true);
+        u.retire();
+        assert!(matches!(
+            u.on_exit(Pid::from_raw(8), true),
+            ExitStep::NotOurs
+        ));
+        assert!(matches!(
+            u.on_exit(Pid::from_raw(7), true),
+            ExitStep::DiedWhileRetiring
+        ));
+        u.take_over();
+        assert!(!u.has_successor());
+    }
+
+    #[test]
+    fn hup_during_hup_is_queued_once() {
+        let mut r = Reload::Idle;
+        assert_eq!(r.on_hup(true, None, 1), Hup::Start);
+        r = in_flight(2);
+        assert_eq!(r.on_hup(true, None, 2), Hup::Queued { target: 3 });
+        let done = r.on_ready().unwrap();
+        assert!(done.queued);
+        assert!(matches!(r, Reload::Retiring { target: 2 }));
+        assert_eq!(r.on_old_gone(Some(1)), None, "gen 1 still drains");
+        assert_eq!(r.on_old_gone(Some(2)), Some(2));
+        assert!(matches!(r, Reload::Idle));
+    }
+
+    #[test]
+    fn hup_while_a_new_master_boots_is_refused() {
+        let mut r = Reload::Idle;
+        let step = r.on_hup(true, Some(Pid::from_raw(9)), 1);
+        assert!(matches!(step, Hup::Refused(m) if m.contains("9 is booting")));
+        assert!(matches!(r.on_hup(false, None, 1), Hup::Refused(_)));
+    }
+
+    #[test]
+    fn a_reload_superseded_while_retiring_is_complete() {
+        let mut r = in_flight(2);
+        r.on_ready();
+        assert_eq!(r.superseded(), Some(2));
+        assert_eq!(r.superseded(), None);
+    }
+
+    #[test]
+    fn winch_ends_a_reload_where_it_stands() {
+        let mut r = in_flight(2);
+        assert!(r.end().is_some());
+        assert!(!r.in_flight());
+        assert!(r.end().is_none());
+    }
+
+    #[test]
+    fn winch_then_ttou_spawns_nothing() {
+        assert_eq!(scale(0, -1), None);
+        assert_eq!(scale(0, 1), Some(1));
+        assert_eq!(scale(1, -1), Some(1), "never below one");
+        assert_eq!(scale(3, -1), Some(2));
+    }
+
+    #[test]
+    fn phase_stops_and_halts() {
+        let mut p = Phase::Starting;
+        assert!(!p.served());
+        assert_eq!(p.halt_code(3), Some(3));
+        p.stop(
+            false,
+            Exit {
+                code: 3,
+                reason: None,
+            },
+        );
+        assert_eq!(p.halt_code(4), None);
+        assert!(matches!(
+            p,
+            Phase::Stopping {
+                exit: Exit { code: 4, .. },
+                ..
+            }
+        ));
+        let mut p = Phase::Starting;
+        assert!(p.serving());
+        assert!(!p.serving(), "once");
+        assert!(p.wants_stop(true));
+        p.stop(true, exit0());
+        assert!(p.served());
+        assert!(!p.wants_stop(true), "TERM twice");
+        assert!(p.wants_stop(false), "QUIT hurries a TERM");
+        p.stop(false, exit0());
+        assert!(!p.wants_stop(true) && !p.wants_stop(false));
+    }
+
+    fn in_flight(target: u64) -> Reload {
+        let o = <crate::cli::Options as clap::Parser>::try_parse_from([
+            "upgrader",
+        ])
+        .unwrap();
+        let cfg =
+            Config::from_options(o, crate::config::Facts::default()).unwrap();
+        Reload::InFlight(Box::new(InFlight {
+            target,
+            from: target - 1,
+            from_young_until: None,
+            previous: cfg,
+            previous_listeners: Vec::new(),
+            started: Instant::now(),
+            queued: false,
+        }))
+    }
+}
