@@ -64,6 +64,30 @@ impl Tail {
     }
 }
 
+/// What only an exec worker (keeper + app) has.
+#[derive(Debug)]
+pub struct ExecWorker {
+    /// Read end of its stdout/stderr pipe (`None` after EOF).
+    pub output: Option<OwnedFd>,
+    /// A partial line of output not yet relayed.
+    pub partial: Vec<u8>,
+    /// Read end of the pipe that carries a failed exec's step and errno.
+    pub errors: OwnedFd,
+    /// Its keeper was asked to kill the app's tree.
+    pub keeper_asked: bool,
+}
+
+impl ExecWorker {
+    pub fn new(output: OwnedFd, errors: OwnedFd) -> ExecWorker {
+        ExecWorker {
+            output: Some(output),
+            partial: Vec::new(),
+            errors,
+            keeper_asked: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Worker {
     pub pid: Pid,
@@ -71,26 +95,20 @@ pub struct Worker {
     pub generation: u64,
     pub spawned: Instant,
     pub state: State,
-    /// Exec workers: read end of their stdout/stderr pipe.
-    pub output: Option<OwnedFd>,
-    /// A partial line of output not yet relayed.
-    pub partial: Vec<u8>,
+    /// The last lines of its output (exec workers) or its setup error,
+    /// for failure reports.
     pub tail: Tail,
-    /// Exec workers: read end of the pipe that carries execve's errno.
-    pub exec_errors: Option<OwnedFd>,
     /// The last `STATUS=` it sent.
     pub status: Option<String>,
-    /// An exec worker (keeper + app), not a built-in one.
-    pub is_exec: bool,
     /// When its last `WATCHDOG=1` came, and the request count a
     /// built-in worker reports with it (`X_REQUESTS=`).
     pub last_beat: Option<Instant>,
     pub requests: Option<u64>,
-    /// An exec worker's keeper was asked to kill the app's tree.
-    pub keeper_asked: bool,
     /// When it became ready (kept once it is stopping, so its exit can
     /// be judged by how long it served).
     pub ready_since: Option<Instant>,
+    /// An exec worker's own parts; `None` for a built-in worker.
+    pub exec: Option<ExecWorker>,
 }
 
 impl Worker {
@@ -101,17 +119,18 @@ impl Worker {
             generation,
             spawned: Instant::now(),
             state,
-            output: None,
-            partial: Vec::new(),
             tail: Tail::default(),
-            exec_errors: None,
             status: None,
-            is_exec: false,
             last_beat: None,
             requests: None,
-            keeper_asked: false,
             ready_since: None,
+            exec: None,
         }
+    }
+
+    /// An exec worker (keeper + app), not a built-in one.
+    pub fn is_exec(&self) -> bool {
+        self.exec.is_some()
     }
 
     /// Booting -> Ready at `now`; `timeout` is the heartbeat it owes.

@@ -47,8 +47,7 @@ pub struct Setup<'a> {
 /// A freshly forked worker, as the master sees it.
 pub struct Spawned {
     pub pid: Pid,
-    pub output: Option<OwnedFd>,
-    pub exec_errors: Option<OwnedFd>,
+    pub exec: Option<crate::pool::ExecWorker>,
 }
 
 /// Forks one worker of `generation`, number `age`.
@@ -93,11 +92,7 @@ fn spawn_builtin(
             // Also set here, so the master can signal the group even
             // before the child ran (both sides call it; POSIX idiom).
             let _ = setpgid(pid, pid);
-            Ok(Spawned {
-                pid,
-                output: None,
-                exec_errors: None,
-            })
+            Ok(Spawned { pid, exec: None })
         }
     }
 }
@@ -333,8 +328,7 @@ fn spawn_exec(
             .context("pipe O_NONBLOCK")?;
             Ok(Spawned {
                 pid,
-                output: Some(out_r),
-                exec_errors: Some(err_r),
+                exec: Some(crate::pool::ExecWorker::new(out_r, err_r)),
             })
         }
     }

@@ -47,14 +47,14 @@ impl Master {
         let timeout = self.cfg.timeout;
         let graceful = self.cfg.graceful_timeout;
         let w = &mut self.workers[i];
-        let notify_mode = !w.is_exec || self.cfg.ready == ReadyMode::Notify;
+        let notify_mode = !w.is_exec() || self.cfg.ready == ReadyMode::Notify;
         match (key, value) {
             ("READY", "1") if notify_mode => {
                 let booted = w.become_ready(now, timeout);
                 if booted {
                     // A built-in worker counts its requests from here;
                     // the count travels with its heartbeats.
-                    if !w.is_exec {
+                    if !w.is_exec() {
                         w.requests = Some(0);
                     }
                     self.on_ready(i);

@@ -292,7 +292,7 @@ impl Master {
             srcs.push((c.fd(), Source::Client(i)));
         }
         for w in &self.workers {
-            if let Some(o) = &w.output {
+            if let Some(o) = w.exec.as_ref().and_then(|x| x.output.as_ref()) {
                 srcs.push((o.as_fd(), Source::Output(w.pid)));
             }
         }
@@ -450,7 +450,7 @@ impl Master {
             log::error!("{e:#}");
         }
         for w in &self.workers {
-            if !w.is_exec {
+            if !w.is_exec() {
                 let _ = nix::sys::signal::kill(w.pid, Signal::SIGUSR1);
             }
         }

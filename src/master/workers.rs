@@ -24,7 +24,11 @@ impl Master {
         let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) else {
             return;
         };
-        let Some(fd) = &w.output else { return };
+        let role = w.role();
+        let (Some(x), tail) = (&mut w.exec, &mut w.tail) else {
+            return;
+        };
+        let Some(fd) = &x.output else { return };
         let mut buf = [0u8; 8192];
         let mut eof = false;
         // Bounded per round so one chatty worker cannot starve the loop.
@@ -34,22 +38,21 @@ impl Master {
                     eof = true;
                     break;
                 }
-                Ok(n) => w.partial.extend_from_slice(&buf[..n]),
+                Ok(n) => x.partial.extend_from_slice(&buf[..n]),
                 Err(Errno::EINTR) => continue,
                 Err(_) => break, // EAGAIN: all read for now
             }
         }
-        let role = w.role();
-        while let Some(nl) = w.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = w.partial.drain(..=nl).collect();
-            emit(&role, &mut w.tail, &line[..line.len() - 1]);
+        while let Some(nl) = x.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = x.partial.drain(..=nl).collect();
+            emit(&role, tail, &line[..line.len() - 1]);
         }
-        if w.partial.len() > 4096 || (eof && !w.partial.is_empty()) {
-            let line = std::mem::take(&mut w.partial);
-            emit(&role, &mut w.tail, &line);
+        if x.partial.len() > 4096 || (eof && !x.partial.is_empty()) {
+            let line = std::mem::take(&mut x.partial);
+            emit(&role, tail, &line);
         }
         if eof {
-            w.output = None;
+            x.output = None;
         }
     }
 
@@ -271,7 +274,7 @@ impl Master {
         now: Instant,
     ) -> bool {
         let clean = matches!(st, WaitStatus::Exited(_, 0));
-        let restart = !w.is_exec && self.cfg.max_requests > 0;
+        let restart = !w.is_exec() && self.cfg.max_requests > 0;
         let served = w.served_for(now).unwrap_or_default();
         clean && (restart || served >= pool::STABLE)
     }
@@ -417,9 +420,7 @@ impl Master {
                 ready_at,
             },
         );
-        w.is_exec = s.output.is_some();
-        w.output = s.output;
-        w.exec_errors = s.exec_errors;
+        w.exec = s.exec;
         log::info!("spawned {}", w.role());
         self.workers.push(w);
         Ok(())
@@ -450,8 +451,10 @@ pub(super) fn signal_group(pid: Pid, sig: Signal) {
 /// Returns when to fall back to the group SIGKILL, if the keeper does
 /// not answer.
 pub(super) fn kill(w: &mut Worker, now: Instant) -> Option<Instant> {
-    if w.is_exec && !w.keeper_asked {
-        w.keeper_asked = true;
+    if let Some(x) = &mut w.exec
+        && !x.keeper_asked
+    {
+        x.keeper_asked = true;
         let _ = nix::sys::signal::kill(w.pid, crate::spawn::KILL_TREE);
         return Some(now + Duration::from_secs(1));
     }
@@ -495,7 +498,7 @@ fn with_tail(reason: String, w: &Worker) -> String {
 fn exec_error(w: &Worker, cfg: &Config) -> Option<String> {
     use std::os::fd::AsFd;
     let (stage, errno) =
-        crate::sys::exec_failure(w.exec_errors.as_ref()?.as_fd())?;
+        crate::sys::exec_failure(w.exec.as_ref()?.errors.as_fd())?;
     let program = match &cfg.kind {
         WorkerKind::Exec { program, .. } => program.as_path(),
         WorkerKind::BuiltIn => std::path::Path::new("worker"),
