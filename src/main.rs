@@ -133,12 +133,7 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     // An unwritable --log-file is a bad value in a good argument: 2.
     logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
         .map_err(usage)?;
-    // A new master (USR2) is "master.2" until promoted, as gunicorn's.
-    let role = if env.predecessor.is_some() {
-        "master.2"
-    } else {
-        "master"
-    };
+    let role = master::role_label(env.predecessor.is_some());
     logging::set_role(format!("{role}[{}]", std::process::id()));
     if let Some(p) = &cfg.pidfile
         && env.predecessor.is_none()

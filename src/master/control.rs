@@ -355,7 +355,7 @@ impl Master {
         let mut out = format!(
             "master {} ({}), up {}s, config {}\n",
             j["pid"],
-            self.role.name(),
+            self.role.label(),
             j["uptime_secs"],
             j["config"].as_str().unwrap_or("none"),
         );
@@ -423,7 +423,7 @@ impl Master {
             .collect();
         serde_json::json!({
             "pid": self.me.as_raw(),
-            "role": self.role.name(),
+            "role": self.role.label(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
             "config": self.cfg.config_file.as_ref().map(|p| p.display().to_string()),

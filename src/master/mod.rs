@@ -45,7 +45,7 @@ use crate::signals::{self, Event};
 
 use states::{Phase, Reload, Upgrade};
 
-pub use successor::Role;
+pub use successor::{Role, label as role_label};
 
 /// How the master ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +203,7 @@ impl Master {
         log::info!(
             "upgrader {} {} starting {} {}",
             env!("CARGO_PKG_VERSION"),
-            self.role.name(),
+            self.role.label(),
             self.desired,
             match &self.cfg.kind {
                 WorkerKind::BuiltIn => "built-in workers".to_string(),

@@ -55,11 +55,10 @@ impl Role {
         matches!(self, Role::Successor { .. })
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Successor { .. } => "new master",
-        }
+    /// The role's label on log lines and in `-s status`: a new master
+    /// is "master.2" until promoted, as gunicorn's.
+    pub fn label(&self) -> &'static str {
+        label(self.is_successor())
     }
 
     pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
@@ -70,6 +69,11 @@ impl Role {
             _ => None,
         }
     }
+}
+
+/// The label of a master, or of a new master not promoted yet.
+pub fn label(successor: bool) -> &'static str {
+    if successor { "master.2" } else { "master" }
 }
 
 impl Master {
@@ -111,7 +115,11 @@ impl Master {
         }
         let old = *old;
         self.role = Role::Master;
-        crate::logging::set_role(format!("master[{}]", self.me));
+        crate::logging::set_role(format!(
+            "{}[{}]",
+            self.role.label(),
+            self.me
+        ));
         if let Some(p) = &self.cfg.pidfile {
             let p2 = pidfile::sibling(p, ".2");
             if p2.exists()
