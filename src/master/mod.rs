@@ -10,11 +10,15 @@
 //! *halt* (stop with a failure status), *reexec* a new master (USR2),
 //! *retire* the old one, *promote* the new one.
 //!
-//! Submodules hold the rest of `impl Master`: `workers` (reap, timers,
-//! maintain), `reload` (HUP), `upgrade` (USR2, retirement, promotion).
+//! Submodules hold the rest of `impl Master`: `poll` (the one wait),
+//! `reload` (HUP), `upgrade` (USR2, retirement) and `successor` (the new
+//! master's side, promotion), `workers` (reap, timers, maintain),
+//! `datagrams` (the notify socket), `control` (`upgrader -s`). The
+//! lifecycles themselves are state machines in `states`.
 
 mod control;
 mod datagrams;
+mod poll;
 mod reload;
 mod states;
 mod successor;
@@ -24,13 +28,10 @@ mod workers;
 pub use control::socket_name as control_socket_name;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use anyhow::Result;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
@@ -53,32 +54,6 @@ pub struct Exit {
     pub code: u8,
     /// The one-line reason for a non-zero status.
     pub reason: Option<String>,
-}
-
-/// What a poll round found readable.
-#[derive(Default)]
-struct Readable {
-    signals: bool,
-    notify: bool,
-    successor_ready: bool,
-    predecessor_gone: bool,
-    control: bool,
-    barrier: bool,
-    clients: Vec<usize>,
-    outputs: Vec<Pid>,
-}
-
-/// Where a poll source leads.
-#[derive(Clone, Copy)]
-enum Source {
-    Signals,
-    Notify,
-    SuccessorReady,
-    PredecessorGone,
-    Control,
-    Barrier,
-    Client(usize),
-    Output(Pid),
 }
 
 pub struct Master {
@@ -256,98 +231,6 @@ impl Master {
         }
     }
 
-    /// Sleeps in poll until something happens or the earliest deadline.
-    fn wait(&self, now: Instant) -> Result<Readable> {
-        let timeout = match self.next_deadline() {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                // Round up: waking a millisecond early would spin.
-                let ms = d
-                    .saturating_duration_since(now)
-                    .as_micros()
-                    .div_ceil(1000);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX)
-            }
-        };
-        let mut srcs: Vec<(BorrowedFd<'_>, Source)> = vec![
-            (self.signals.as_fd(), Source::Signals),
-            (self.notify.fd(), Source::Notify),
-        ];
-        if let Some(fd) = self.upgrade.ready_fd() {
-            srcs.push((fd, Source::SuccessorReady));
-        }
-        if let Some(fd) = self.role.pidfd() {
-            srcs.push((fd, Source::PredecessorGone));
-        }
-        if let Some(l) = &self.control
-            && self.control_paused.is_none()
-        {
-            srcs.push((l.as_fd(), Source::Control));
-        }
-        if let Some((fd, _)) = &self.barrier {
-            srcs.push((fd.as_fd(), Source::Barrier));
-        }
-        for (i, c) in self.clients.iter().enumerate() {
-            srcs.push((c.fd(), Source::Client(i)));
-        }
-        for w in &self.workers {
-            if let Some(o) = w.exec.as_ref().and_then(|x| x.output.as_ref()) {
-                srcs.push((o.as_fd(), Source::Output(w.pid)));
-            }
-        }
-        let mut fds: Vec<PollFd<'_>> = srcs
-            .iter()
-            .map(|(fd, src)| {
-                let mut events = PollFlags::POLLIN;
-                if let Source::Client(i) = src
-                    && self.clients[*i].wants_write()
-                {
-                    events |= PollFlags::POLLOUT;
-                }
-                PollFd::new(*fd, events)
-            })
-            .collect();
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(e).context("poll"),
-        }
-        let mut r = Readable::default();
-        for (f, (_, src)) in fds.iter().zip(&srcs) {
-            if !f.any().unwrap_or(false) {
-                continue;
-            }
-            match *src {
-                Source::Signals => r.signals = true,
-                Source::Notify => r.notify = true,
-                Source::SuccessorReady => r.successor_ready = true,
-                Source::PredecessorGone => r.predecessor_gone = true,
-                Source::Control => r.control = true,
-                Source::Barrier => r.barrier = true,
-                Source::Client(i) => r.clients.push(i),
-                Source::Output(pid) => r.outputs.push(pid),
-            }
-        }
-        Ok(r)
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.iter().filter_map(Worker::deadline);
-        let respawn = self.respawn_at.filter(|_| self.wants_spawn());
-        let watchdog = self.watchdog.map(|(_, at)| at);
-        let upgrade = self.upgrade.deadline();
-        let clients =
-            self.clients.iter().filter_map(control::Client::deadline);
-        workers
-            .chain(respawn)
-            .chain(watchdog)
-            .chain(upgrade)
-            .chain(clients)
-            .chain(self.control_paused)
-            .chain(self.barrier.as_ref().map(|(_, t)| *t))
-            .min()
-    }
-
     fn wants_spawn(&self) -> bool {
         self.phase.is_running()
             && pool::plan(&self.workers, self.desired, self.generation, true)
@@ -359,14 +242,14 @@ impl Master {
     fn dispatch(&mut self, ev: Event, sig: Signal) {
         log::debug!("got {sig}");
         match ev {
+            Event::Reload => self.handle_reload(),
+            Event::Upgrade => self.handle_upgrade(),
             Event::GracefulStop => self.handle_stop(true),
             Event::FastStop => self.handle_stop(false),
             Event::MoreWorkers => self.handle_scale(1),
             Event::FewerWorkers => self.handle_scale(-1),
             Event::DrainWorkers => self.handle_drain(),
             Event::ReopenLogs => self.handle_reopen(),
-            Event::Reload => self.handle_reload(),
-            Event::Upgrade => self.handle_upgrade(),
             Event::ChildExited => {} // the reaper runs every round
         }
     }
