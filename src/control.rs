@@ -20,6 +20,8 @@ use nix::unistd::Pid;
 
 use crate::pidfile;
 
+pub mod status;
+
 /// What `-s` can ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {

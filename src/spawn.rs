@@ -467,7 +467,7 @@ fn kill_descendants() {
 /// The direct children of `pid` (a single-threaded process), from
 /// /proc/PID/task/PID/children (proc(5)); where the kernel has no such
 /// file (CONFIG_PROC_CHILDREN off), from every process's parent pid.
-fn children(pid: Pid) -> Vec<Pid> {
+pub fn children(pid: Pid) -> Vec<Pid> {
     match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         Ok(text) => text
             .split_whitespace()

@@ -19,6 +19,9 @@ use anyhow::{Context, Result};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use super::Master;
+use crate::control::status::{
+    ListenerStatus, Status, UpgradeStatus, WorkerStatus,
+};
 use crate::pool::State;
 
 /// The abstract name of a master's control socket.
@@ -285,12 +288,13 @@ impl Master {
     fn control_request(&mut self, i: usize, verb: &str) {
         match verb {
             "status" => {
-                let text = self.status_text();
+                let text = self.status_report().text();
                 self.clients[i].answer(true, &text);
             }
             "status-json" => {
-                let text = self.status_json().to_string();
-                self.clients[i].answer(true, &text);
+                let json = serde_json::to_string(&self.status_report())
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+                self.clients[i].answer(true, &json);
             }
             "reopen" => {
                 self.handle_reopen();
@@ -349,54 +353,10 @@ impl Master {
         }
     }
 
-    /// Human-readable status.
-    fn status_text(&self) -> String {
-        let j = self.status_json();
-        let mut out = format!(
-            "master {} ({}), up {}s, config {}\n",
-            j["pid"],
-            self.role.label(),
-            j["uptime_secs"],
-            j["config"].as_str().unwrap_or("none"),
-        );
-        for l in &self.listeners {
-            out += &format!("listening on {} ({})\n", l.local, l.name);
-        }
-        out += &format!(
-            "generation {}: {}/{} workers ready\n",
-            self.generation,
-            self.ready_count(),
-            self.desired
-        );
-        for w in j["workers"].as_array().into_iter().flatten() {
-            let state = match w["ready_secs"].as_f64() {
-                Some(s) => format!("ready for {s:.1}s"),
-                None => w["state"].as_str().unwrap_or("").to_string(),
-            };
-            out += &format!(
-                "  worker {} gen={} age={} {state}{}{}\n",
-                w["pid"],
-                w["generation"],
-                w["age"],
-                w["requests"]
-                    .as_u64()
-                    .map(|r| format!(", {r} requests"))
-                    .unwrap_or_default(),
-                w["heartbeat_secs_ago"]
-                    .as_f64()
-                    .map(|s| format!(", heartbeat {s:.1}s ago"))
-                    .unwrap_or_default(),
-            );
-        }
-        if let Some((child, state)) = self.upgrade.describe() {
-            out += &format!("upgrade: new master {child} ({state})\n");
-        }
-        out.trim_end().to_string()
-    }
-
-    fn status_json(&self) -> serde_json::Value {
+    /// What `-s status` shows (text and JSON are two renderings of it).
+    fn status_report(&self) -> Status {
         let now = Instant::now();
-        let workers: Vec<serde_json::Value> = self
+        let workers = self
             .workers
             .iter()
             .map(|w| {
@@ -408,39 +368,56 @@ impl Master {
                     ),
                     State::Stopping { .. } => ("stopping", None),
                 };
-                serde_json::json!({
-                    "pid": w.pid.as_raw(),
-                    "age": w.age,
-                    "generation": w.generation,
-                    "state": state,
-                    "ready_secs": ready,
-                    "requests": w.requests,
-                    "heartbeat_secs_ago": w.last_beat
+                WorkerStatus {
+                    pid: w.pid.as_raw(),
+                    app_pid: w.exec.as_ref().and_then(|_| {
+                        // The app is the keeper's only child.
+                        crate::spawn::children(w.pid)
+                            .first()
+                            .map(|p| p.as_raw())
+                    }),
+                    age: w.age,
+                    generation: w.generation,
+                    state: state.into(),
+                    ready_secs: ready,
+                    requests: w.requests,
+                    heartbeat_secs_ago: w
+                        .last_beat
                         .map(|b| now.duration_since(b).as_secs_f64()),
-                    "status": w.status,
-                })
+                    status: w.status.clone(),
+                }
             })
             .collect();
-        serde_json::json!({
-            "pid": self.me.as_raw(),
-            "role": self.role.label(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "config": self.cfg.config_file.as_ref().map(|p| p.display().to_string()),
-            "listeners": self.listeners.iter().map(|l| serde_json::json!({
-                "name": l.name, "address": l.local.to_string(),
-            })).collect::<Vec<_>>(),
-            "generation": self.generation,
-            "desired": self.desired,
-            "graceful_timeout_secs": self.cfg.graceful_timeout.as_secs_f64(),
-            "boot_timeout_secs": self.cfg.boot_timeout.as_secs_f64(),
-            "ready": self.ready_count(),
-            "workers": workers,
-            "upgrade": match self.upgrade.describe() {
-                None => serde_json::Value::Null,
-                Some((child, state)) => serde_json::json!({
-                    "new_master": child.as_raw(), "state": state}),
-            },
-        })
+        Status {
+            pid: self.me.as_raw(),
+            role: self.role.label().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self
+                .cfg
+                .config_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.name.clone(),
+                    address: l.local.to_string(),
+                })
+                .collect(),
+            generation: self.generation,
+            desired: self.desired,
+            ready: self.ready_count(),
+            graceful_timeout_secs: self.cfg.graceful_timeout.as_secs_f64(),
+            boot_timeout_secs: self.cfg.boot_timeout.as_secs_f64(),
+            workers,
+            upgrade: self.upgrade.describe().map(|(child, state)| {
+                UpgradeStatus {
+                    new_master: child.as_raw(),
+                    state: state.into(),
+                }
+            }),
+        }
     }
 }

@@ -174,3 +174,44 @@ fn a_silent_control_client_is_dropped() {
     // The master is fine and still answers.
     get_ok(&u.addr(0), "/");
 }
+
+/// SPEC 8: for exec workers `status` shows the app's pid first, the
+/// keeper's beside it; the JSON has both.
+#[test]
+fn status_shows_an_exec_workers_app_and_keeper() {
+    let mut u = upgrader()
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "-p",
+            "u.pid",
+            "--ready",
+            "delay:0.2",
+        ])
+        .args(["--exec", PYTHON_APP])
+        .start();
+    u.ready();
+    let keeper = u.spawned()[0];
+    let (_, _, line) = u.log.wait_from(0, &["python_app: pid"], LONG);
+    let app: i32 = line
+        .split("python_app: pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let dir = u.dir.0.clone();
+    let (rc, out) = s(&dir, &["status", "--pid", "u.pid"]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains(&format!("  worker {app} (keeper {keeper}) gen=1")),
+        "{out}"
+    );
+    let (rc, out) = s(&dir, &["status", "--pid", "u.pid", "--json"]);
+    assert_eq!(rc, 0, "{out}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["workers"][0]["app_pid"].as_i64(), Some(app as i64));
+    assert_eq!(
+        j["workers"][0]["pid"].as_i64(),
+        Some(keeper.as_raw() as i64)
+    );
+}
