@@ -21,6 +21,9 @@ use nix::unistd::Pid;
 use crate::pidfile;
 
 pub mod status;
+pub mod wire;
+
+use wire::{Reply, Request};
 
 /// What `-s` can ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,20 +85,20 @@ pub fn run(
     // Opened before the request, so the exit cannot be missed.
     let exited = crate::sys::pidfd_open(pid)
         .with_context(|| format!("master {pid}: pidfd_open"))?;
-    let name = crate::master::control_socket_name(pid.as_raw() as u32);
+    let name = wire::socket_name(pid);
     let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
     let mut stream = UnixStream::connect_addr(&addr)
         .with_context(|| format!("master {pid}: control socket @{name}"))?;
     let request = match (verb, json) {
-        (Verb::Status, true) => "status-json",
-        (Verb::Status, false) => "status",
-        (Verb::Upgrade, _) => "upgrade",
-        (Verb::Reload, _) => "reload",
-        (Verb::Stop, _) => "stop",
-        (Verb::Quit, _) => "quit",
-        (Verb::Reopen, _) => "reopen",
+        (Verb::Status, true) => Request::StatusJson,
+        (Verb::Status, false) => Request::Status,
+        (Verb::Upgrade, _) => Request::Upgrade,
+        (Verb::Reload, _) => Request::Reload,
+        (Verb::Stop, _) => Request::Stop,
+        (Verb::Quit, _) => Request::Quit,
+        (Verb::Reopen, _) => Request::Reopen,
     };
-    stream.write_all(format!("{request}\n").as_bytes())?;
+    stream.write_all(request.line().as_bytes())?;
     let mut lines = BufReader::new(stream);
     let mut new_master: Option<Pid> = None;
     loop {
@@ -113,28 +116,23 @@ pub fn run(
             }
             Err(e) => return Err(e).context(format!("master {pid}")),
         }
-        let line = line.trim_end();
-        if let Some(text) = line.strip_prefix("ok ") {
-            let mut out = text.to_string();
-            // Status text spans lines: the rest follows until EOF.
-            if verb == Verb::Status {
-                let mut rest = String::new();
-                let _ = std::io::Read::read_to_string(&mut lines, &mut rest);
-                if !rest.is_empty() {
-                    out = format!("{out}\n{}", rest.trim_end());
+        match Reply::parse(&line) {
+            Some(Reply::Ok(text)) => {
+                let mut out = text;
+                // Status text spans lines: the rest follows until EOF.
+                if verb == Verb::Status {
+                    let mut rest = String::new();
+                    let _ =
+                        std::io::Read::read_to_string(&mut lines, &mut rest);
+                    if !rest.is_empty() {
+                        out = format!("{out}\n{}", rest.trim_end());
+                    }
                 }
+                return Ok(out);
             }
-            return Ok(out);
-        }
-        if let Some(text) = line.strip_prefix("error ") {
-            bail!("{text}");
-        }
-        if let Some(text) = line.strip_prefix("info new master ") {
-            new_master = text
-                .split(' ')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .map(Pid::from_raw);
+            Some(Reply::Error(text)) => bail!("{text}"),
+            Some(Reply::NewMaster(pid)) => new_master = Some(pid),
+            None => {}
         }
     }
     // The connection closed: the master is exiting.
@@ -152,7 +150,7 @@ pub fn run(
 /// The running master's graceful + boot timeouts, plus a second.
 fn master_budget(pidfile: &Path) -> Option<Duration> {
     let pid = pidfile::read(pidfile)?;
-    let name = crate::master::control_socket_name(pid.as_raw() as u32);
+    let name = wire::socket_name(pid);
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
     let mut s = UnixStream::connect_addr(&addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -1,39 +1,35 @@
-//! The control socket behind `upgrader -s`: an abstract unix socket
-//! `@upgrader-control-<pid>` (found from the pid in the pidfile, nothing
-//! on disk to clean up), served from the master's own poll loop, open to
-//! root and the master's own user only (SO_PEERCRED).
+//! The master's end of the control socket behind `upgrader -s` (the
+//! protocol, both ends, is `control::wire`): served from the master's
+//! own poll loop, open to root and the master's own user only
+//! (SO_PEERCRED).
 //!
-//! A client sends one line, a verb; the master answers `ok TEXT` or
-//! `error TEXT` when the act is complete or has failed, so scripts get
-//! an honest exit status. Waiting clients are parked until the event
-//! that settles them: a reload's outcome, an upgrade's outcome, or the
+//! A client sends one request line; the master answers when the act is
+//! complete or has failed, so scripts get an honest exit status.
+//! Waiting clients are parked until the event that settles them hands
+//! them its outcome (`answer_waiting`): a reload's, an upgrade's, or the
 //! master's exit (their connection simply closes).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::Pid;
 
 use super::Master;
 use crate::control::status::{
     ListenerStatus, Status, UpgradeStatus, WorkerStatus,
 };
+use crate::control::wire::{self, Reply, Request};
 use crate::pool::State;
 
-/// The abstract name of a master's control socket.
-pub fn socket_name(pid: u32) -> String {
-    format!("upgrader-control-{pid}")
-}
-
-pub(super) fn bind(pid: u32) -> Result<UnixListener> {
-    let addr = SocketAddr::from_abstract_name(socket_name(pid).as_bytes())
-        .context("control socket name")?;
+pub(super) fn bind(pid: Pid) -> Result<UnixListener> {
+    let name = wire::socket_name(pid);
+    let addr = wire::address(pid).context("control socket name")?;
     let l = UnixListener::bind_addr(&addr)
-        .with_context(|| format!("control socket @{}", socket_name(pid)))?;
+        .with_context(|| format!("control socket @{name}"))?;
     l.set_nonblocking(true).context("control socket")?;
     Ok(l)
 }
@@ -163,8 +159,9 @@ impl Client {
         }
     }
 
-    fn answer(&mut self, ok: bool, text: &str) {
-        self.send(&format!("{} {text}\n", if ok { "ok" } else { "error" }));
+    /// The final reply; the connection closes once it is written.
+    fn reply(&mut self, r: &Reply) {
+        self.send(&r.line());
         self.done = true;
     }
 
@@ -274,7 +271,7 @@ impl Master {
             Err(_) => return,
         }
         if c.buf.len() > 128 {
-            c.answer(false, "request too long");
+            c.reply(&Reply::Error("request too long".into()));
             return;
         }
         let Some(nl) = c.buf.iter().position(|b| *b == b'\n') else {
@@ -285,37 +282,39 @@ impl Master {
         self.control_request(i, &verb);
     }
 
-    fn control_request(&mut self, i: usize, verb: &str) {
-        match verb {
-            "status" => {
+    fn control_request(&mut self, i: usize, line: &str) {
+        let Some(request) = Request::parse(line) else {
+            let msg = format!("unknown request {line:?}");
+            self.clients[i].reply(&Reply::Error(msg));
+            return;
+        };
+        match request {
+            Request::Status => {
                 let text = self.status_report().text();
-                self.clients[i].answer(true, &text);
+                self.clients[i].reply(&Reply::Ok(text));
             }
-            "status-json" => {
+            Request::StatusJson => {
                 let json = serde_json::to_string(&self.status_report())
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-                self.clients[i].answer(true, &json);
+                self.clients[i].reply(&Reply::Ok(json));
             }
-            "reopen" => {
+            Request::Reopen => {
                 self.handle_reopen();
-                self.clients[i].answer(true, "reopened log files");
+                let done = Reply::Ok("reopened log files".into());
+                self.clients[i].reply(&done);
             }
-            "stop" | "quit" => {
+            Request::Stop | Request::Quit => {
                 self.clients[i].wait = Wait::Exit;
-                self.handle_stop(verb == "stop");
+                self.handle_stop(request == Request::Stop);
             }
-            "reload" => match self.request_reload() {
+            Request::Reload => match self.request_reload() {
                 Ok(target) => self.clients[i].wait = Wait::Reload(target),
-                Err(e) => self.clients[i].answer(false, &e),
+                Err(e) => self.clients[i].reply(&Reply::Error(e)),
             },
-            "upgrade" => match self.request_upgrade() {
+            Request::Upgrade => match self.request_upgrade() {
                 Ok(()) => self.clients[i].wait = Wait::Upgrade,
-                Err(e) => self.clients[i].answer(false, &e),
+                Err(e) => self.clients[i].reply(&Reply::Error(e)),
             },
-            other => {
-                let msg = format!("unknown request {other:?}");
-                self.clients[i].answer(false, &msg);
-            }
         }
     }
 
@@ -323,15 +322,14 @@ impl Master {
     pub(super) fn answer_waiting(&mut self, wait: Wait, answer: Answer) {
         for c in self.clients.iter_mut().filter(|c| c.wait == wait) {
             match &answer {
-                Answer::Reloaded(t) => c.answer(
-                    true,
-                    &format!("reload complete: generation {t} serving"),
-                ),
-                Answer::Failed(e) => c.answer(false, e),
+                Answer::Reloaded(t) => c.reply(&Reply::Ok(format!(
+                    "reload complete: generation {t} serving"
+                ))),
+                Answer::Failed(e) => c.reply(&Reply::Error(e.clone())),
                 // The connection stays open: it closes when this master
                 // exits after its retirement.
                 Answer::NewMaster(child) => {
-                    c.send(&format!("info new master {child} ready\n"));
+                    c.send(&Reply::NewMaster(*child).line());
                     c.wait = Wait::Exit;
                 }
             }
@@ -344,7 +342,7 @@ impl Master {
         let now = Instant::now();
         for c in &mut self.clients {
             if c.wait == Wait::Request && !c.done && c.request_by <= now {
-                c.answer(false, "no request in time");
+                c.reply(&Reply::Error("no request in time".into()));
             }
         }
         self.clients.retain(|c| !c.gone(now));

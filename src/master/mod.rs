@@ -25,8 +25,6 @@ mod successor;
 mod upgrade;
 mod workers;
 
-pub use control::socket_name as control_socket_name;
-
 use std::ffi::OsString;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -125,7 +123,7 @@ impl Master {
         let notify = notify::Server::bind(p.cfg.credentials.uid)?;
         let now = Instant::now();
         let role = Role::from_env(p.env.predecessor.as_ref())?;
-        let control = match control::bind(std::process::id()) {
+        let control = match control::bind(nix::unistd::getpid()) {
             Ok(l) => Some(l),
             Err(e) => {
                 log::warn!("{e:#}: upgrader -s will not reach this master");
