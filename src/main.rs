@@ -61,7 +61,16 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             if let Some(fd) = ready_fd {
-                sys::write_if_pipe(fd, format!("!{:#}", f.error).as_bytes());
+                // SAFETY: the number came with UPGRADER_READY_FD from the
+                // old master; if it is still an open pipe it is that one
+                // (nothing in a failed start-up opens pipes of its own).
+                #[allow(unsafe_code)]
+                unsafe {
+                    sys::write_if_pipe(
+                        fd,
+                        format!("!{:#}", f.error).as_bytes(),
+                    )
+                };
             }
             eprintln!("upgrader: error: {:#}", f.error);
             ExitCode::from(f.code)

@@ -80,7 +80,11 @@ fn spawn_builtin(
         client_timeout: ctx.config.client_timeout,
         hooks: ctx.hooks,
     };
-    match sys::fork().context("fork")? {
+    // SAFETY: the master is single-threaded; the child leaves through
+    // `worker::run` (exit_now), never back into the master's loop.
+    #[allow(unsafe_code)]
+    let forked = unsafe { sys::fork() }.context("fork")?;
+    match forked {
         Fork::Child => {
             let mask = crate::signals::mask(&crate::worker::SIGNALS_READ);
             if let Err(e) = become_worker(ctx, Signal::SIGKILL, &mask) {
@@ -308,7 +312,11 @@ fn spawn_exec(
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
     let listeners: Vec<RawFd> =
         ctx.listeners.iter().map(|(_, fd)| *fd).collect();
-    match sys::fork().context("fork")? {
+    // SAFETY: the master is single-threaded; the child becomes the
+    // keeper, which never returns (it execs the app or exits).
+    #[allow(unsafe_code)]
+    let forked = unsafe { sys::fork() }.context("fork")?;
+    match forked {
         Fork::Child => {
             drop(out_r);
             drop(err_r);
@@ -386,8 +394,14 @@ fn keeper(
     if nix::sys::prctl::set_child_subreaper(true).is_err() {
         sys::exit_now(3);
     }
-    let app = match sys::fork() {
-        Ok(Fork::Child) => image.exec(listeners, errors.as_raw_fd()),
+    // SAFETY: the keeper is single-threaded; the child goes straight to
+    // the exec image, which is built, allocates nothing and never
+    // returns; `listeners` and `errors` are open in it.
+    #[allow(unsafe_code)]
+    let app = match unsafe { sys::fork() } {
+        Ok(Fork::Child) => unsafe {
+            image.exec(listeners, errors.as_raw_fd())
+        },
         Ok(Fork::Parent(pid)) => pid,
         Err(_) => sys::exit_now(3),
     };

@@ -17,7 +17,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{ForkResult, Pid};
 
-/// The outcome of [`fork`], as nix spells it but without the `unsafe`.
+/// The outcome of [`fork`] (nix's `ForkResult`, without the child's pid
+/// field name).
 pub enum Fork {
     Parent(Pid),
     Child,
@@ -25,14 +26,15 @@ pub enum Fork {
 
 /// fork(2).
 ///
-/// Sound because the master never starts a thread (see the module
-/// header): the child can run ordinary Rust code, allocate and log.
-/// The child must leave through [`exit_now`] (or `execve`), never by
-/// returning into the master's code.
-pub fn fork() -> nix::Result<Fork> {
-    // SAFETY: the process is single-threaded whenever this is called
-    // (the master and the keeper are; workers never fork), so no other
-    // thread can hold a lock or be mid-allocation in the child.
+/// # Safety
+///
+/// The calling process must be single-threaded (the master and the
+/// keeper are: no runtime, no helper thread), so that the child holds no
+/// lock another thread took and can run ordinary Rust code, allocate and
+/// log. The child must leave through [`exit_now`] (or `execve`), never by
+/// returning into the parent's code.
+pub unsafe fn fork() -> nix::Result<Fork> {
+    // SAFETY: the caller guarantees a single-threaded process.
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Parent { child } => Ok(Fork::Parent(child)),
         ForkResult::Child => Ok(Fork::Child),
@@ -283,7 +285,14 @@ impl ExecImage {
     ///
     /// Only async-signal-safe calls, no allocation: the image was built
     /// before the fork.
-    pub fn exec(&mut self, listeners: &[RawFd], errors: RawFd) -> ! {
+    ///
+    /// # Safety
+    ///
+    /// Only in a freshly forked child that has not yet touched any state
+    /// shared with its parent's other descriptors: it renumbers raw
+    /// descriptors (`listeners`, `errors`, which must be open) under any
+    /// owner that may hold them, and never returns.
+    pub unsafe fn exec(&mut self, listeners: &[RawFd], errors: RawFd) -> ! {
         use nix::libc;
         let n = listeners.len().min(MAX_LISTENERS);
         // SAFETY (whole block): plain system calls on integers and on
@@ -469,11 +478,17 @@ pub fn is_pending(sig: Signal) -> bool {
 /// Writes `bytes` to the descriptor number `raw` if it is open and a
 /// pipe (a ready pipe that may already be closed: the number is only
 /// examined, never owned).
-pub fn write_if_pipe(raw: RawFd, bytes: &[u8]) {
+///
+/// # Safety
+///
+/// If `raw` is open, it must be the pipe the caller means: the bytes go
+/// to whatever file the number refers to.
+pub unsafe fn write_if_pipe(raw: RawFd, bytes: &[u8]) {
     use nix::libc;
     // SAFETY: fstat fills a local struct and fails with EBADF on a
     // number that is not open; write takes a local buffer of the length
-    // given. Neither takes ownership of the descriptor.
+    // given (the caller vouches for the descriptor). Neither takes
+    // ownership of it.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstat(raw, &mut st) == 0

@@ -114,8 +114,12 @@ impl Master {
             inv.exe.display(),
             self.listeners.len()
         );
-        let child = match sys::fork().context("fork")? {
-            Fork::Child => image.exec(&fds, err_w.as_raw_fd()),
+        // SAFETY: the master is single-threaded; the child goes straight
+        // to the exec image (built, allocation-free, never returns) with
+        // the listeners and pipes open.
+        #[allow(unsafe_code)]
+        let child = match unsafe { sys::fork() }.context("fork")? {
+            Fork::Child => unsafe { image.exec(&fds, err_w.as_raw_fd()) },
             Fork::Parent(pid) => pid,
         };
         drop(ready_w);
