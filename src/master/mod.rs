@@ -65,6 +65,9 @@ pub struct Master {
     listeners: Vec<Rc<Listener>>,
     /// Listeners a reload removed: closed once no older worker is left.
     retired: Vec<Rc<Listener>>,
+    /// Listeners that stopped listening and could not be restored (by
+    /// descriptor): no longer polled.
+    lost: Vec<std::os::fd::RawFd>,
     signals: SignalFd,
     notify: notify::Server,
     systemd: Systemd,
@@ -141,6 +144,7 @@ impl Master {
             invocation: p.invocation,
             listeners: p.listeners.into_iter().map(Rc::new).collect(),
             retired: Vec::new(),
+            lost: Vec::new(),
             signals: p.signals,
             notify,
             systemd: Systemd::new(p.env.notify_socket),
@@ -206,6 +210,9 @@ impl Master {
             }
             for pid in ready.outputs {
                 self.relay(pid, false);
+            }
+            for i in ready.listeners {
+                self.restore_listener(i);
             }
             if ready.successor_ready {
                 self.on_successor_readable();
@@ -333,6 +340,59 @@ impl Master {
         for w in &self.workers {
             if !w.is_exec() {
                 let _ = nix::sys::signal::kill(w.pid, Signal::SIGUSR1);
+            }
+        }
+    }
+
+    /// A listener hung up: a worker (an exec app) called shutdown() on
+    /// the shared socket, which stops it for every process of every
+    /// generation. A TCP socket listens again after listen(2) on the same
+    /// bound socket; anything else is logged as lost.
+    fn restore_listener(&mut self, i: usize) {
+        use nix::sys::socket::{self, sockopt};
+        use std::os::fd::AsFd;
+        let l = Rc::clone(&self.listeners[i]);
+        // Reading SO_ERROR clears a pending error (POLLERR).
+        let _ = socket::getsockopt(&l.fd, sockopt::SocketError);
+        if socket::getsockopt(&l.fd, sockopt::AcceptConn).unwrap_or(true) {
+            return;
+        }
+        let suspects: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_exec() && !w.is_stopping())
+            .map(|w| w.role())
+            .collect();
+        let by = match suspects.len() {
+            0 => "a worker".to_string(),
+            _ => format!("one of {}", suspects.join(", ")),
+        };
+        let restored = socket::Backlog::new(self.cfg.bind_options.backlog)
+            .and_then(|b| socket::listen(&l.fd, b))
+            .map_err(|e| e.desc().to_string())
+            .and_then(|()| match crate::listeners::local_addr(l.fd.as_fd()) {
+                Ok(a) if a == l.local => Ok(()),
+                Ok(a) => {
+                    Err(format!("the kernel released its port (now {a})"))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            });
+        match restored {
+            Ok(()) => log::warn!(
+                "listener {} ({}) stopped listening: {by} called shutdown() \
+                 on it; restored",
+                l.local,
+                l.name
+            ),
+            Err(why) => {
+                log::error!(
+                    "listener {} ({}) stopped listening: {by} called \
+                     shutdown() on it; cannot restore it ({why}): it is no \
+                     longer served until a restart",
+                    l.local,
+                    l.name
+                );
+                self.lost.push(l.raw());
             }
         }
     }

@@ -26,6 +26,8 @@ pub(super) struct Readable {
     pub barrier: bool,
     pub clients: Vec<usize>,
     pub outputs: Vec<Pid>,
+    /// Listeners that hung up (stopped listening).
+    pub listeners: Vec<usize>,
 }
 
 /// Where a poll source leads.
@@ -39,6 +41,7 @@ enum Source {
     Barrier,
     Client(usize),
     Output(Pid),
+    Listener(usize),
 }
 
 impl Master {
@@ -82,9 +85,20 @@ impl Master {
                 srcs.push((o.as_fd(), Source::Output(w.pid)));
             }
         }
+        // A listener is polled for nothing but its hang-up (POLLHUP and
+        // POLLERR are always reported): it wakes the master only when a
+        // worker shut it down, never for a connection.
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !self.lost.contains(&l.raw()) {
+                srcs.push((l.fd.as_fd(), Source::Listener(i)));
+            }
+        }
         let mut fds: Vec<PollFd<'_>> = srcs
             .iter()
             .map(|(fd, src)| {
+                if let Source::Listener(_) = src {
+                    return PollFd::new(*fd, PollFlags::empty());
+                }
                 let mut events = PollFlags::POLLIN;
                 if let Source::Client(i) = src
                     && self.clients[*i].wants_write()
@@ -112,6 +126,7 @@ impl Master {
                 Source::Barrier => r.barrier = true,
                 Source::Client(i) => r.clients.push(i),
                 Source::Output(pid) => r.outputs.push(pid),
+                Source::Listener(i) => r.listeners.push(i),
             }
         }
         Ok(r)

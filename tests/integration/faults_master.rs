@@ -466,3 +466,40 @@ fn a_silent_systemd_barrier_does_not_freeze_the_retiring_master() {
     assert_eq!(st.code(), Some(0), "{}", u.log.text());
     assert_eq!(u.log.count(&["barrier: no answer from systemd"]), 1);
 }
+
+/// An app that calls shutdown() on its listener stopped the shared
+/// socket for every worker of every generation, silently: the master
+/// notices (the listener hangs up in its poll) and listens again.
+#[test]
+fn a_listener_an_app_shut_down_is_restored() {
+    // A port the kernel chose, given explicitly, as production binds do
+    // (a socket bound to port 0 gives its port back on shutdown()).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let app = format!(
+        "import os, socket, time\n\
+         if os.environ['UPGRADER_WORKER_AGE'] == '1':\n    \
+         time.sleep(0.5)\n    \
+         socket.socket(fileno=3).shutdown(socket.SHUT_RDWR)\n    \
+         time.sleep(3600)\n\
+         os.execvp('python3', ['python3', '{PYTHON_APP}'])\n"
+    );
+    let mut u = upgrader()
+        .args(["--bind", &bind, "-w", "2", "--ready", "delay:0.2"])
+        .args(["--exec", "python3", "-c", &app])
+        .start();
+    u.ready();
+    let (_, _, line) = u.log.wait_from(0, &["stopped listening"], LONG);
+    assert!(line.contains("restored"), "{line}");
+    assert!(line.contains("called shutdown()"), "{line}");
+    wait_until("the restored listener to serve", LONG, || {
+        get(&bind, "/").is_ok_and(|r| r.status == 200)
+    });
+    for _ in 0..10 {
+        get_ok(&bind, "/");
+    }
+}
