@@ -187,7 +187,7 @@ fn wait_exit(
 /// The promotion is a rename the new master does right after the old
 /// one exits: a short bounded poll of the pidfile.
 fn wait_promotion(pidfile: &Path, new: Pid, deadline: Instant) -> Result<()> {
-    let dot2 = pidfile::sibling(pidfile, ".2");
+    let dot2 = pidfile::successor(pidfile);
     loop {
         if pidfile::read(pidfile) == Some(new) && !dot2.exists() {
             return Ok(());

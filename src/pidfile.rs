@@ -76,6 +76,12 @@ pub fn remove_if_ours(path: &Path, pid: Pid) {
     }
 }
 
+/// The pidfile a new master writes once it is ready, `<pidfile>.2`
+/// (SPEC 7), renamed over the pidfile when it is promoted.
+pub fn successor(path: &Path) -> PathBuf {
+    sibling(path, ".2")
+}
+
 /// `path` with `suffix` appended to its file name.
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -99,7 +105,7 @@ mod tests {
         assert!(p.exists(), "another pid must not remove it");
         remove_if_ours(&p, Pid::from_raw(12345));
         assert!(!p.exists());
-        assert_eq!(sibling(&p, ".2"), dir.join("x.pid.2"));
+        assert_eq!(successor(&p), dir.join("x.pid.2"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

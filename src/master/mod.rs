@@ -507,7 +507,7 @@ impl Master {
         }
         if let Some(p) = &self.cfg.pidfile {
             if self.role.is_successor() {
-                let p2 = crate::pidfile::sibling(p, ".2");
+                let p2 = crate::pidfile::successor(p);
                 crate::pidfile::remove_if_ours(&p2, self.me);
             } else if !self.upgrade.handed_over() {
                 crate::pidfile::remove_if_ours(p, self.me);

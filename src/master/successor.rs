@@ -81,7 +81,7 @@ impl Master {
     /// "safe to retire the old one"), then the ready byte.
     pub(super) fn successor_serving(&mut self) {
         if let Some(p) = &self.cfg.pidfile
-            && let Err(e) = pidfile::write(&pidfile::sibling(p, ".2"), self.me)
+            && let Err(e) = pidfile::write(&pidfile::successor(p), self.me)
         {
             log::error!("{e:#}");
         }
@@ -121,7 +121,7 @@ impl Master {
             self.me
         ));
         if let Some(p) = &self.cfg.pidfile {
-            let p2 = pidfile::sibling(p, ".2");
+            let p2 = pidfile::successor(p);
             if p2.exists()
                 && let Err(e) = pidfile::rename(&p2, p)
             {

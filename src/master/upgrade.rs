@@ -320,7 +320,7 @@ impl Master {
     /// Removes `<pidfile>.2` if the (dead) new master `pid` wrote it.
     fn remove_successor_pidfile(&self, pid: Pid) {
         if let Some(p) = &self.cfg.pidfile {
-            pidfile::remove_if_ours(&pidfile::sibling(p, ".2"), pid);
+            pidfile::remove_if_ours(&pidfile::successor(p), pid);
         }
     }
 }
