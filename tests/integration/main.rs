@@ -14,6 +14,9 @@ mod control;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// The built-in worker under faults: load during stop/reload, a stopped
+/// master, descriptor exhaustion, slow and malformed clients.
+mod faults_worker;
 /// One test per bug found in review.
 mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.
