@@ -148,10 +148,19 @@ fn serve(p: &Params, me: Pid) -> anyhow::Result<()> {
                         // listener again at once: a busy loop. Leave it
                         // out for a moment instead.
                         let _ = ep.delete(*l);
-                        paused.pause(i, Instant::now());
+                        if paused.pause(i, Instant::now()) {
+                            log::debug!(
+                                "listener {i}: not accepting: retrying every \
+                                 {} ms",
+                                PAUSE.as_millis()
+                            );
+                        }
                         break;
                     }
                 };
+                if paused.accepted(i) {
+                    log::debug!("listener {i}: accepting again");
+                }
                 served += 1;
                 let info = Info {
                     master_pid: p.master.as_raw() as u32,
@@ -196,23 +205,36 @@ fn watch(ep: &Epoll, l: BorrowedFd<'_>, i: usize) -> anyhow::Result<()> {
 /// listening or the worker ran out of descriptors.
 const PAUSE: Duration = Duration::from_millis(100);
 
-/// Listeners left out of the epoll set for a moment, and whether their
-/// trouble was logged (once per episode).
+/// Listeners left out of the epoll set for a moment, and which are in
+/// an episode of trouble (so it is logged once, not every pause).
 struct Paused {
     until: Vec<Option<Instant>>,
+    troubled: Vec<bool>,
 }
 
 impl Paused {
     fn new(n: usize) -> Paused {
         Paused {
             until: vec![None; n],
+            troubled: vec![false; n],
         }
     }
 
-    fn pause(&mut self, i: usize, now: Instant) {
+    /// Pauses listener `i`; true if this starts an episode.
+    fn pause(&mut self, i: usize, now: Instant) -> bool {
         if let Some(u) = self.until.get_mut(i) {
             *u = Some(now + PAUSE);
         }
+        self.troubled
+            .get_mut(i)
+            .is_some_and(|t| !std::mem::replace(t, true))
+    }
+
+    /// Listener `i` accepted a connection; true if that ends an episode.
+    fn accepted(&mut self, i: usize) -> bool {
+        self.troubled
+            .get_mut(i)
+            .is_some_and(|t| std::mem::replace(t, false))
     }
 
     /// The listeners whose pause is over (taken out of the set).
@@ -318,10 +340,7 @@ fn accept(l: BorrowedFd<'_>, spare: &mut Spare) -> anyhow::Result<Accepted> {
             Err(e @ (Errno::EMFILE | Errno::ENFILE)) => {
                 return Ok(spare.refuse_one(l, e));
             }
-            Err(Errno::EINVAL) => {
-                log::debug!("accept: the listener is not listening");
-                return Ok(Accepted::Pause);
-            }
+            Err(Errno::EINVAL) => return Ok(Accepted::Pause),
             Err(e) => {
                 return Err(anyhow::anyhow!("accept: {}", e.desc()));
             }
@@ -772,12 +791,16 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Paused::new(2);
         assert_eq!(p.next_due(), None);
-        p.pause(1, t0);
+        assert!(p.pause(1, t0), "starts an episode");
         assert_eq!(p.next_due(), Some(t0 + PAUSE));
         assert!(p.due(t0).is_empty());
         assert_eq!(p.due(t0 + PAUSE), vec![1]);
         assert_eq!(p.next_due(), None);
         assert!(p.due(t0 + PAUSE * 2).is_empty());
+        assert!(!p.pause(1, t0), "the same episode");
+        assert!(p.accepted(1), "ends it");
+        assert!(!p.accepted(1));
+        assert!(!p.accepted(0));
     }
 
     #[test]

@@ -426,3 +426,41 @@ fn malformed_and_hostile_clients_leave_the_worker_serving() {
     assert_eq!(worker_of(&a), worker);
     assert!(!u.log.text().contains("exited"), "{}", u.log.text());
 }
+
+#[test]
+fn a_listener_shut_down_under_the_worker_does_not_kill_it() {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    use nix::sys::socket::{Backlog, Shutdown, listen, shutdown};
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap().to_string();
+    let fd = l.as_raw_fd();
+    // Inherited by the master as `fd:N`: CLOEXEC off just for the spawn.
+    fcntl(&l, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+    let b = upgrader().args(["--bind", &format!("fd:{fd}"), "--timeout", "0"]);
+    let mut u = b.start();
+    fcntl(&l, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    u.ready();
+    let worker = Pid::from_raw(get_ok(&a, "/").num("worker_pid") as i32);
+    // What an exec'd app may do to the shared socket: it stops
+    // listening for every process that holds it.
+    shutdown(fd, Shutdown::Both).unwrap();
+    wait_until("the listener refuses", LONG, || {
+        TcpStream::connect(&a).is_err()
+    });
+    // A sampling window, not a synchronisation: the worker's CPU time
+    // while the listener is not listening.
+    let before = cpu_ticks(worker);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(worker) - before;
+    assert!(used <= 10, "worker used {used} ticks in 1 s: spinning");
+    assert!(alive(worker), "worker died: {}", u.log.text());
+    // The master's part (not tested here): listening again.
+    listen(&l, Backlog::new(128).unwrap()).unwrap();
+    // The port was kernel-chosen, so shutdown() gave it up and listen()
+    // chose another; the socket (the one the worker holds) is the same.
+    let a = l.local_addr().unwrap().to_string();
+    let r = get_ok(&a, "/");
+    assert_eq!(r.num("worker_pid"), worker.as_raw() as u64);
+    assert!(!u.log.text().contains("exited"), "{}", u.log.text());
+}
