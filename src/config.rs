@@ -215,6 +215,29 @@ pub fn heartbeat(
     (!t.is_zero()).then_some(t)
 }
 
+impl Config {
+    /// The per-connection deadline a built-in worker uses:
+    /// `--client-timeout`, capped at half the heartbeat timeout, since
+    /// the worker beats only between connections and one slow client
+    /// must not make it miss its heartbeat. The second value says
+    /// whether the cap applied.
+    pub fn worker_client_timeout(&self) -> (Duration, bool) {
+        client_timeout_cap(self.client_timeout, self.timeout)
+    }
+}
+
+/// min(client_timeout, timeout / 2) when a timeout is set; see
+/// [`Config::worker_client_timeout`].
+pub fn client_timeout_cap(
+    client: Duration,
+    timeout: Option<Duration>,
+) -> (Duration, bool) {
+    match timeout.map(|t| t / 2) {
+        Some(half) if client > half => (half, true),
+        _ => (client, false),
+    }
+}
+
 fn parse_umask(s: &str) -> Result<Mode> {
     let b = parse_octal("--umask", s, 0o777)?;
     Ok(Mode::from_bits_truncate(b as nix::libc::mode_t))
@@ -362,5 +385,14 @@ mod tests {
         assert!(load(&["-b", "127.0.0.1:0", "-b", "127.0.0.1:0"]).is_ok());
         let e = load(&["--log-level", "loud"]).unwrap_err().to_string();
         assert!(e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn client_timeout_is_capped_below_the_heartbeat() {
+        let s = Duration::from_secs;
+        assert_eq!(client_timeout_cap(s(10), Some(s(1))), (s(1) / 2, true));
+        assert_eq!(client_timeout_cap(s(10), Some(s(30))), (s(10), false));
+        assert_eq!(client_timeout_cap(s(10), None), (s(10), false));
+        assert_eq!(client_timeout_cap(s(15), Some(s(30))), (s(15), false));
     }
 }

@@ -77,7 +77,7 @@ fn spawn_builtin(
             ctx.config.max_requests_jitter,
             age,
         ),
-        client_timeout: ctx.config.client_timeout,
+        client_timeout: client_timeout(ctx.config),
         hooks: ctx.hooks,
     };
     // SAFETY: the master is single-threaded; the child leaves through
@@ -99,6 +99,25 @@ fn spawn_builtin(
             Ok(Spawned { pid, exec: None })
         }
     }
+}
+
+/// The built-in worker's per-connection deadline (see
+/// `Config::worker_client_timeout`), with one warn line per master
+/// process the first time the cap applies (at start, or at the reload
+/// that introduced it).
+fn client_timeout(cfg: &Config) -> std::time::Duration {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let (t, capped) = cfg.worker_client_timeout();
+    if capped && !WARNED.swap(true, Ordering::Relaxed) {
+        log::warn!(
+            "--client-timeout {}: capped at {} (half of --timeout) so a \
+             slow client cannot make a worker miss its heartbeat",
+            humantime::format_duration(cfg.client_timeout),
+            humantime::format_duration(t)
+        );
+    }
+    t
 }
 
 /// The first steps of every worker: own process group, working

@@ -16,6 +16,9 @@ mod exec;
 mod failures;
 /// The master under faults and odd orders.
 mod faults_master;
+/// The built-in worker under faults: load during stop/reload, a stopped
+/// master, descriptor exhaustion, slow and malformed clients.
+mod faults_worker;
 /// One test per bug found in review.
 mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.
