@@ -20,6 +20,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import upgrader_http  # noqa: E402 - found through the line above
+
 E = os.environ
 QUICK = E["BENCH_QUICK"] == "1"
 RUN = E["BENCH_RUN"]
@@ -276,35 +279,27 @@ def exited_fd(fd, pid):
 
 # ---- HTTP ------------------------------------------------------------------
 
-REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: upgrader-bench\r\n\r\n"
+AGENT = "upgrader-bench"
 
 
 def fetch(port, timeout=2.0):
-    """One GET; the raw bytes, or None."""
+    """One GET; the raw bytes of a complete response, or None."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(REQUEST)
-            data = b""
-            while len(data) < 1 << 20:
-                b = s.recv(65536)
-                if not b:
-                    break
-                data += b
-            return data
-    except OSError:
+        return upgrader_http.get("127.0.0.1", port, timeout=timeout, agent=AGENT).raw
+    except (OSError, upgrader_http.BadResponse):
         return None
 
 
 def get(port, timeout=2.0):
     """One GET; the JSON body of a 200 as a dict ({} if not JSON), or None."""
-    data = fetch(port, timeout)
-    if not data:
+    try:
+        r = upgrader_http.get("127.0.0.1", port, timeout=timeout, agent=AGENT)
+    except (OSError, upgrader_http.BadResponse):
         return None
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep or not head.startswith(b"HTTP/1.1 200 "):
+    if r.status != 200:
         return None
     try:
-        j = json.loads(body)
+        j = json.loads(r.body)
     except ValueError:
         return {}
     return j if isinstance(j, dict) else {}

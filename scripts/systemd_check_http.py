@@ -1,25 +1,31 @@
-"""HTTP client for systemd-check.sh (stdlib only).
+"""HTTP client for systemd-check.sh (stdlib only), run on the host against
+the container's socket on 127.0.0.1.
+
 get PORT PATH TIMEOUT                 print the JSON body of a 200, exit 1 otherwise
 slow PORT PATH HEADFILE OUT TIMEOUT   as get, but touch HEADFILE once the head arrived;
                                       write "rc=0|1" and the body (or error) to OUT
 load PORT STOPFILE MAXSECS N OUT      N clients loop until STOPFILE exists (<= MAXSECS);
                                       write "ok=.. failed=.. masters=pid:count,.. errors=.." to OUT
+
+A body that does not match its Content-Length (a master killed mid-response)
+is an error, like a refused connection or a status other than 200.
 """
-import http.client, json, os, sys, threading, time
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import upgrader_http  # noqa: E402 - found through the line above
+
+HOST = "127.0.0.1"
+
 
 def request(port, path, timeout, headfile=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        if headfile:
-            open(headfile, "w").close()
-        body = r.read()
-        if r.status != 200:
-            raise RuntimeError("status %d" % r.status)
-        return json.loads(body)
-    finally:
-        c.close()
+    def touch():
+        open(headfile, "w").close()
+    return upgrader_http.get_json(HOST, port, path, timeout, on_head=touch if headfile else None)
+
 
 def main():
     cmd, port = sys.argv[1], int(sys.argv[2])
@@ -40,26 +46,19 @@ def main():
             f.write(out + "\n")
         return
     stopfile, deadline, n = sys.argv[3], time.time() + float(sys.argv[4]), int(sys.argv[5])
-    lock, ok, failed, masters, errors = threading.Lock(), [0], [0], {}, []
-    def client():
-        while not os.path.exists(stopfile) and time.time() < deadline:
-            try:
-                m = request(port, "/", 5)["master_pid"]
-                with lock:
-                    ok[0] += 1
-                    masters[m] = masters.get(m, 0) + 1
-            except Exception as e:
-                with lock:
-                    failed[0] += 1
-                    if len(errors) < 3:
-                        errors.append(repr(e))
-    ts = [threading.Thread(target=client) for _ in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    masters = {}
+
+    def stop(_load):
+        return os.path.exists(stopfile) or time.time() >= deadline
+
+    def count(master):
+        masters[master] = masters.get(master, 0) + 1
+
+    load = upgrader_http.Load(n, lambda: request(port, "/", 5)["master_pid"], stop, on_ok=count).run()
     with open(sys.argv[6], "w") as f:
-        f.write("ok=%d failed=%d masters=%s errors=%s\n" % (ok[0], failed[0],
-                ",".join("%s:%d" % kv for kv in sorted(masters.items())), "|".join(errors) or "none"))
+        f.write("ok=%d failed=%d masters=%s errors=%s\n" % (
+            load.ok, load.failed, ",".join("%s:%d" % kv for kv in sorted(masters.items())),
+            "|".join(load.first_errors) or "none"))
+
 
 main()
