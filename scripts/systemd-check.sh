@@ -37,6 +37,7 @@ set -u
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UNITS=$REPO/systemd
 TESTBED_SH=${TESTBED_SH:-$REPO/../shared/systemd-testbed/testbed.sh}
+HTTP_PY=$REPO/scripts/systemd_check_http.py   # the HTTP client and load (runs on the host)
 PORT=${UPGCK_PORT:-18391}
 UNIT=upgrader.service
 SOCK=upgrader.socket
@@ -140,7 +141,7 @@ cursor() { ct journalctl -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'; }
 journal_after() { ct journalctl --no-pager -q -o cat -u $UNIT --after-cursor="$1"; }
 journal_has() { journal_after "$1" | grep -qF -- "$2"; }
 field() { sed -n "s/.*\"$1\":\\([0-9]*\\).*/\\1/p" <<<"$2"; }
-http() { python3 "$TMP/upgck_http.py" "$@"; }
+http() { python3 "$HTTP_PY" "$@"; }
 get() { http get "$PORT" / 5 2>/dev/null; }   # prints the JSON body of a 200
 running_and_serving() { state_is active/running && status_serving; }
 status_serving() { [[ "$(prop $UNIT StatusText)" == serving:* ]]; }
@@ -169,81 +170,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-write_http_py() {
-    cat > "$TMP/upgck_http.py" <<'EOF'
-"""HTTP client for systemd-check.sh (stdlib only).
-get PORT PATH TIMEOUT                 print the JSON body of a 200, exit 1 otherwise
-slow PORT PATH HEADFILE OUT TIMEOUT   as get, but touch HEADFILE once the head arrived;
-                                      write "rc=0|1" and the body (or error) to OUT
-load PORT STOPFILE MAXSECS N OUT      N clients loop until STOPFILE exists (<= MAXSECS);
-                                      write "ok=.. failed=.. masters=pid:count,.. errors=.." to OUT
-"""
-import http.client, json, os, sys, threading, time
-
-def request(port, path, timeout, headfile=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        if headfile:
-            open(headfile, "w").close()
-        body = r.read()
-        if r.status != 200:
-            raise RuntimeError("status %d" % r.status)
-        return json.loads(body)
-    finally:
-        c.close()
-
-def main():
-    cmd, port = sys.argv[1], int(sys.argv[2])
-    if cmd == "get":
-        try:
-            print(json.dumps(request(port, sys.argv[3], float(sys.argv[4])), separators=(",", ":")))
-        except Exception as e:
-            print("error: %r" % e, file=sys.stderr)
-            sys.exit(1)
-        return
-    if cmd == "slow":
-        try:
-            out = "rc=0\n" + json.dumps(request(port, sys.argv[3], float(sys.argv[6]), sys.argv[4]),
-                                        separators=(",", ":"))
-        except Exception as e:
-            out = "rc=1\nerror: %r" % e
-        with open(sys.argv[5], "w") as f:
-            f.write(out + "\n")
-        return
-    stopfile, deadline, n = sys.argv[3], time.time() + float(sys.argv[4]), int(sys.argv[5])
-    lock, ok, failed, masters, errors = threading.Lock(), [0], [0], {}, []
-    def client():
-        while not os.path.exists(stopfile) and time.time() < deadline:
-            try:
-                m = request(port, "/", 5)["master_pid"]
-                with lock:
-                    ok[0] += 1
-                    masters[m] = masters.get(m, 0) + 1
-            except Exception as e:
-                with lock:
-                    failed[0] += 1
-                    if len(errors) < 3:
-                        errors.append(repr(e))
-    ts = [threading.Thread(target=client) for _ in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    with open(sys.argv[6], "w") as f:
-        f.write("ok=%d failed=%d masters=%s errors=%s\n" % (ok[0], failed[0],
-                ",".join("%s:%d" % kv for kv in sorted(masters.items())), "|".join(errors) or "none"))
-
-main()
-EOF
-}
-
 # ------------------------------------------------------------------ scenario steps
 T0=$(now_ms)
 TMP=$(mktemp -d /tmp/upgck.XXXXXX) || die "mktemp failed"
 find_binary
-write_http_py
 
 echo "---- systemd-analyze verify (host: $(systemd-analyze --version | head -1))"
 if out=$(verify_units); then
@@ -344,7 +274,7 @@ upgrade() {
     old=$(mainpid)
     c=$(cursor)
     rm -f "$TMP/stop$n"
-    bg python3 "$TMP/upgck_http.py" load "$PORT" "$TMP/stop$n" 40 4 "$TMP/load$n"
+    bg python3 "$HTTP_PY" load "$PORT" "$TMP/stop$n" 40 4 "$TMP/load$n"
     load=$!
     sleep 0.5
     check "upgrade $n: systemctl kill -s USR2 --kill-whom=main $UNIT" sctl kill -s USR2 --kill-whom=main $UNIT
@@ -402,7 +332,7 @@ check "generation 2 from master $PID3" wait_until 10 gen_of "${PID3:-none}" 2
 stop_with_slow_request() {
     local t
     rm -f "$TMP/head" "$TMP/slow"
-    bg python3 "$TMP/upgck_http.py" slow "$PORT" "/_test/slow?ms=$SLOW_MS" "$TMP/head" "$TMP/slow" 20
+    bg python3 "$HTTP_PY" slow "$PORT" "/_test/slow?ms=$SLOW_MS" "$TMP/head" "$TMP/slow" 20
     local sp=$!
     check "$1: a ${SLOW_MS} ms request is in flight (response head received)" wait_until 5 test -e "$TMP/head"
     STOP_CURSOR=$(cursor)
@@ -457,7 +387,7 @@ sctl reset-failed $UNIT >/dev/null 2>&1
 echo "---- stop right after a hand-off, while the old master still drains a request"
 get >/dev/null
 rm -f "$TMP/head" "$TMP/slow"
-bg python3 "$TMP/upgck_http.py" slow "$PORT" "/_test/slow?ms=$SLOW_MS" "$TMP/head" "$TMP/slow" 20
+bg python3 "$HTTP_PY" slow "$PORT" "/_test/slow?ms=$SLOW_MS" "$TMP/head" "$TMP/slow" 20
 sp=$!
 old=$(mainpid)
 if wait_until 5 test -e "$TMP/head" && sctl kill -s USR2 --kill-whom=main $UNIT && wait_until 20 mainpid_not "$old"; then

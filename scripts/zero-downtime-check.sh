@@ -8,14 +8,15 @@
 # chosen by the kernel: --bind 127.0.0.1:0, read back from the master's
 # "listening on" log line), a pidfile in a temporary directory and
 # --auto-retire off, so that scripts/upgrade.sh does the TERM itself.
-# A python3 client (standard library, a few threads, a new connection
-# per request) drives load while the script does N rounds of one
-# upgrade (scripts/upgrade.sh) and one reload (scripts/reload.sh --url,
-# which waits for the "generation" in responses to increase). Every
-# failed connect, reset, timeout, non-200 or unreadable body counts as a
-# failure. Then it checks that the last response came from the newest
-# master and its newest generation, stops the master with TERM and
-# checks that no process of its session is left.
+# A python3 client (scripts/zero_downtime_client.py: a few threads, a
+# new connection per request) drives load while the script does N
+# rounds of one upgrade (scripts/upgrade.sh) and one reload
+# (scripts/reload.sh --url, which waits for the "generation" in
+# responses to increase). Every failed connect, reset, timeout, non-200
+# or unreadable body counts as a failure. Then it
+# checks that the last response came from the newest master and its
+# newest generation, stops the master with TERM and checks that no
+# process of its session is left.
 #
 # Options:
 #   --quick      N=2 (default N=3)
@@ -163,82 +164,8 @@ say "master $(cat "$pidfile") serving on $url; $rounds upgrades and $rounds relo
 
 # The load: a few threads, one connection per request, paced so that a
 # run stays far from exhausting ephemeral ports; bounded by time and by
-# count, stopped early by the stop file.
-cat >"$tmp/client.py" <<'PY'
-import json
-import os
-import socket
-import sys
-import threading
-import time
-
-host, port, stop_file, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-MAX_SECS, MAX_REQUESTS, THREADS, PACE = 50.0, 25000, 4, 0.002
-
-lock = threading.Lock()
-count = {"ok": 0, "failed": 0}
-reasons = {}
-last = [0.0, None]
-ended = ["stop"]
-deadline = time.monotonic() + MAX_SECS
-
-
-def request():
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: check\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0]
-    if not status.startswith(b"HTTP/1.1 200 "):
-        raise ValueError("status line %r" % status[:60])
-    return json.loads(body)
-
-
-def worker():
-    while not os.path.exists(stop_file):
-        with lock:
-            if count["ok"] + count["failed"] >= MAX_REQUESTS:
-                ended[0] = "count bound"
-                return
-        if time.monotonic() >= deadline:
-            ended[0] = "time bound"
-            return
-        try:
-            j = request()
-            now = time.monotonic()
-            with lock:
-                count["ok"] += 1
-                if now >= last[0]:
-                    last[0], last[1] = now, j
-        except Exception as e:  # every failure counts, whatever it is
-            key = "%s: %s" % (type(e).__name__, str(e)[:100])
-            with lock:
-                count["failed"] += 1
-                reasons[key] = reasons.get(key, 0) + 1
-        time.sleep(PACE)
-
-
-threads = [threading.Thread(target=worker) for _ in range(THREADS)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-j = last[1] or {}
-with open(out, "w") as f:
-    f.write("ok %d\n" % count["ok"])
-    f.write("failed %d\n" % count["failed"])
-    f.write("last_master %s\n" % j.get("master_pid", "none"))
-    f.write("last_generation %s\n" % j.get("generation", "none"))
-    f.write("ended %s\n" % ended[0].replace(" ", "_"))
-    for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
-        f.write("reason %d %s\n" % (n, k.replace("\n", " ")))
-PY
-python3 "$tmp/client.py" 127.0.0.1 "$port" "$stop_file" "$result" &
+# count, stopped early by the stop file (scripts/zero_downtime_client.py).
+python3 "$root/scripts/zero_downtime_client.py" 127.0.0.1 "$port" "$stop_file" "$result" &
 client=$!
 
 indent() { sed 's/^/  /'; }
