@@ -108,6 +108,9 @@ pub struct Master {
     spare: Option<std::fs::File>,
     control_paused: Option<Instant>,
     started: Instant,
+    /// The flock on the pidfile (or `<pidfile>.2` before a promotion),
+    /// held as long as this master lives (see `pidfile`).
+    pidlock: Option<crate::pidfile::Lock>,
 }
 
 /// What `Master::new` needs from start-up.
@@ -119,6 +122,7 @@ pub struct Parts {
     pub signals: SignalFd,
     pub env: crate::handoff::Environment,
     pub invocation: Invocation,
+    pub pidlock: Option<crate::pidfile::Lock>,
 }
 
 impl Master {
@@ -169,6 +173,7 @@ impl Master {
             spare: control::spare_fd(),
             control_paused: None,
             started: now,
+            pidlock: p.pidlock,
         })
     }
 
@@ -435,12 +440,23 @@ impl Master {
             self.successor_serving();
             return;
         }
-        if let Some(path) = &self.cfg.pidfile
-            && let Err(e) = crate::pidfile::write(path, self.me)
-        {
-            log::error!("{e:#}");
-        }
+        self.write_pidfile();
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    /// Writes the pidfile (`path`: the pidfile, or `<pidfile>.2` for a
+    /// new master not yet promoted) and keeps the lock of the new file.
+    fn write_pidfile_at(&mut self, path: &std::path::Path) {
+        match crate::pidfile::write(path, self.me) {
+            Ok(lock) => self.pidlock = Some(lock),
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+
+    fn write_pidfile(&mut self) {
+        if let Some(path) = self.cfg.pidfile.clone() {
+            self.write_pidfile_at(&path);
+        }
     }
 
     /// Tells systemd, unless this is a new master not yet promoted: it
@@ -505,13 +521,14 @@ impl Master {
         {
             let _ = nix::unistd::write(fd, format!("!{reason}").as_bytes());
         }
-        if let Some(p) = &self.cfg.pidfile {
-            if self.role.is_successor() {
-                let p2 = crate::pidfile::successor(p);
-                crate::pidfile::remove_if_ours(&p2, self.me);
-            } else if !self.upgrade.handed_over() {
-                crate::pidfile::remove_if_ours(p, self.me);
-            }
+        // The file at the path is removed only while it is the one this
+        // master locked (the empty one of a master that never served
+        // included); a successor's `<pidfile>.2` the same way. After a
+        // hand-off the new master renames its own over it.
+        if let Some(lock) = &self.pidlock
+            && (self.role.is_successor() || !self.upgrade.handed_over())
+        {
+            lock.remove();
         }
         for l in self.listeners.iter().chain(&self.retired) {
             self.unlink(l);
