@@ -108,9 +108,10 @@ pub struct Master {
     spare: Option<std::fs::File>,
     control_paused: Option<Instant>,
     started: Instant,
-    /// The flock on the pidfile (or `<pidfile>.2` before a promotion),
-    /// held as long as this master lives (see `pidfile`).
+    /// The flock on the pidfile, held as long as this master lives (see
+    /// `pidfile`); a new master's on `<pidfile>.2` until its promotion.
     pidlock: Option<crate::pidfile::Lock>,
+    pidlock_next: Option<crate::pidfile::Lock>,
 }
 
 /// What `Master::new` needs from start-up.
@@ -174,6 +175,7 @@ impl Master {
             control_paused: None,
             started: now,
             pidlock: p.pidlock,
+            pidlock_next: None,
         })
     }
 
@@ -444,18 +446,14 @@ impl Master {
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
     }
 
-    /// Writes the pidfile (`path`: the pidfile, or `<pidfile>.2` for a
-    /// new master not yet promoted) and keeps the lock of the new file.
-    fn write_pidfile_at(&mut self, path: &std::path::Path) {
-        match crate::pidfile::write(path, self.me) {
-            Ok(lock) => self.pidlock = Some(lock),
-            Err(e) => log::error!("{e:#}"),
-        }
-    }
-
+    /// Writes the pidfile and keeps the lock of the new file (the one
+    /// it replaced is unlinked by then).
     fn write_pidfile(&mut self) {
-        if let Some(path) = self.cfg.pidfile.clone() {
-            self.write_pidfile_at(&path);
+        if let Some(path) = &self.cfg.pidfile {
+            match crate::pidfile::write(path, self.me) {
+                Ok(lock) => self.pidlock = Some(lock),
+                Err(e) => log::error!("{e:#}"),
+            }
         }
     }
 
@@ -525,8 +523,11 @@ impl Master {
         // master locked (the empty one of a master that never served
         // included); a successor's `<pidfile>.2` the same way. After a
         // hand-off the new master renames its own over it.
+        if let Some(lock) = &self.pidlock_next {
+            lock.remove();
+        }
         if let Some(lock) = &self.pidlock
-            && (self.role.is_successor() || !self.upgrade.handed_over())
+            && !self.upgrade.handed_over()
         {
             lock.remove();
         }

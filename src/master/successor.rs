@@ -81,7 +81,10 @@ impl Master {
     /// "safe to retire the old one"), then the ready byte.
     pub(super) fn successor_serving(&mut self) {
         if let Some(p) = &self.cfg.pidfile {
-            self.write_pidfile_at(&pidfile::successor(p));
+            match pidfile::write(&pidfile::successor(p), self.me) {
+                Ok(lock) => self.pidlock_next = Some(lock),
+                Err(e) => log::error!("{e:#}"),
+            }
         }
         if let Role::Successor { ready, .. } = &mut self.role
             && let Some(fd) = ready.take()
@@ -121,11 +124,13 @@ impl Master {
         // The lock goes with the renamed file: this master holds the
         // pidfile now.
         if let Some(p) = &self.cfg.pidfile
-            && let Some(lock) = &mut self.pidlock
+            && let Some(mut lock) = self.pidlock_next.take()
             && lock.at_path()
-            && let Err(e) = lock.rename(p)
         {
-            log::error!("{e:#}");
+            match lock.rename(p) {
+                Ok(()) => self.pidlock = Some(lock),
+                Err(e) => log::error!("{e:#}"),
+            }
         }
         log::info!("promoted: old master {old} is gone");
         if self.phase.served() {
