@@ -177,8 +177,8 @@ pub struct Options {
     #[serde(skip)]
     pub control: Option<String>,
 
-    /// With -s: give up after SECS [default: the master's graceful
-    /// timeout plus its boot timeout]
+    /// With -s: stop waiting after SECS, exit 75 while the act goes on
+    /// [default: the master's graceful timeout plus its boot timeout]
     #[arg(
         long,
         allow_negative_numbers = true,
