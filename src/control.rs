@@ -127,7 +127,7 @@ pub fn run(
     let pid = master_pid(pidfile)?;
     let wait = match wait {
         Some(w) => w,
-        None => master_status(pid)
+        None => master_status(pid, Duration::from_secs(5))
             .map(|s| {
                 Duration::from_secs_f64(
                     s.graceful_timeout_secs + s.boot_timeout_secs + 1.0,
@@ -251,7 +251,7 @@ fn late(
             format!("new master {new} ready, master {pid} {now}")
         }
         (Verb::Stop | Verb::Quit, _) => format!("master {pid} still running"),
-        _ => master_status(pid)
+        _ => master_status(pid, Duration::from_secs(1))
             .map(|s| match &s.upgrade {
                 Some(u) if verb == Verb::Upgrade => {
                     format!("new master {} {}", u.new_master, u.state)
@@ -299,9 +299,9 @@ fn master_pid(pidfile: &Path) -> Result<Pid> {
 
 /// The running master's status (its timeouts, its upgrade), through
 /// the control protocol's own types.
-fn master_status(pid: Pid) -> Option<Status> {
+fn master_status(pid: Pid, limit: Duration) -> Option<Status> {
     let mut s = UnixStream::connect_addr(&wire::address(pid).ok()?).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
     s.write_all(Request::StatusJson.line().as_bytes()).ok()?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut s, &mut text).ok()?;
