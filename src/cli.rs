@@ -47,7 +47,7 @@ pub struct Options {
     pub bind: Vec<BindSpec>,
 
     /// Number of worker processes [default: 1]
-    #[arg(short, long, value_name = "N")]
+    #[arg(short, long, allow_negative_numbers = true, value_name = "N")]
     pub workers: Option<usize>,
 
     /// Write the master's pid to FILE once it serves
@@ -62,7 +62,7 @@ pub struct Options {
 
     /// Seconds a worker may go without a heartbeat before it is signalled;
     /// 0 = off [default: 30 for built-in workers, off for exec workers]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub timeout: Option<Secs>,
 
     /// First signal sent to a late worker [default: ABRT]
@@ -71,12 +71,12 @@ pub struct Options {
 
     /// SIGKILL a late worker this long after the timeout signal
     /// [default: 2]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub kill_after: Option<Secs>,
 
     /// Drain budget for stop, reload and upgrade, after which what is
     /// left is SIGKILLed [default: 30]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub graceful_timeout: Option<Secs>,
 
     /// When an exec worker counts as ready: on READY=1 (notify) or once
@@ -86,7 +86,7 @@ pub struct Options {
 
     /// A worker not ready this long after its spawn failed to boot
     /// [default: 30]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub boot_timeout: Option<Secs>,
 
     /// After a USR2 upgrade, retire the old master as soon as the new one
@@ -95,7 +95,7 @@ pub struct Options {
     pub auto_retire: Option<OnOff>,
 
     /// Listen backlog of sockets this master binds [default: 2048]
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub backlog: Option<i32>,
 
     /// Set SO_REUSEPORT on sockets this master binds
@@ -115,17 +115,17 @@ pub struct Options {
 
     /// A built-in worker restarts after serving N requests (plus up to
     /// --max-requests-jitter more); 0 = never [default: 0]
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub max_requests: Option<u64>,
 
     /// Random extra requests added to --max-requests per worker, so
     /// workers do not restart together [default: 0]
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub max_requests_jitter: Option<u64>,
 
     /// Seconds a built-in worker waits on a client's request or on
     /// sending its response [default: 10]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub client_timeout: Option<Secs>,
 
     /// Workers switch to this user (name or uid) after the sockets are
@@ -177,9 +177,14 @@ pub struct Options {
     #[serde(skip)]
     pub control: Option<String>,
 
-    /// With -s: give up after SECS [default: the master's graceful
-    /// timeout plus its boot timeout]
-    #[arg(long, value_name = "SECS", requires = "control")]
+    /// With -s: stop waiting after SECS, exit 75 while the act goes on
+    /// [default: the master's graceful timeout plus its boot timeout]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SECS",
+        requires = "control"
+    )]
     #[serde(skip)]
     pub wait: Option<Secs>,
 

@@ -192,6 +192,71 @@ pub fn read_file(path: &Path) -> Result<Options> {
     })
 }
 
+/// The pidfile `upgrader -s` acts on: `--pid`, else the `pid` key of
+/// the `-c` file. A file that does not parse (a typo while editing it)
+/// still names its pidfile if a line says `pid = "..."`, so the running
+/// master can be reached; only the pidfile is needed for that.
+pub fn control_pidfile(cli: &Options) -> Result<PathBuf> {
+    if let Some(p) = &cli.pid {
+        return Ok(absolute(p.clone()));
+    }
+    let Some(path) = &cli.config else {
+        bail!(
+            "-s needs the master's pidfile: --pid FILE, or -c FILE with a pid \
+             key"
+        );
+    };
+    match read_file(path) {
+        Ok(o) => o.pid.map(absolute).with_context(|| {
+            format!(
+                "config {}: no pid key, so -s cannot find the master; use \
+                 --pid FILE",
+                path.display()
+            )
+        }),
+        Err(e) => {
+            let found = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| scan_pid(&text));
+            match found {
+                Some(p) => Ok(absolute(p)),
+                None => Err(anyhow::anyhow!(
+                    "{e:#}; no pid = \"...\" line in it either, so -s cannot \
+                     find the master: use --pid FILE"
+                )),
+            }
+        }
+    }
+}
+
+/// A lenient look for a top-level `pid = "FILE"` (or `'FILE'`) line in
+/// a config file that does not parse as a whole.
+pub fn scan_pid(text: &str) -> Option<PathBuf> {
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            // A table: keys below it are not top-level options.
+            return None;
+        }
+        let Some(rest) = l.strip_prefix("pid") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim();
+        for q in ['"', '\''] {
+            if let Some(v) = value.strip_prefix(q)
+                && let Some((inner, _)) = v.split_once(q)
+                && !inner.is_empty()
+            {
+                return Some(PathBuf::from(inner));
+            }
+        }
+    }
+    None
+}
+
 fn secs(v: Option<crate::cli::Secs>, default: f64) -> Duration {
     v.map(|s| s.0).unwrap_or(Duration::from_secs_f64(default))
 }
@@ -302,7 +367,8 @@ fn credentials(
     Ok(c)
 }
 
-fn absolute(p: PathBuf) -> PathBuf {
+/// `p` against the current directory (where the command was run).
+pub fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() {
         return p;
     }
@@ -385,6 +451,19 @@ mod tests {
         assert!(load(&["-b", "127.0.0.1:0", "-b", "127.0.0.1:0"]).is_ok());
         let e = load(&["--log-level", "loud"]).unwrap_err().to_string();
         assert!(e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn a_broken_config_still_names_its_pidfile() {
+        let p = |t: &str| scan_pid(t).map(|p| p.display().to_string());
+        assert_eq!(
+            p("workers = \nbind = [\npid = \"/run/u.pid\"\n"),
+            Some("/run/u.pid".into())
+        );
+        assert_eq!(p("  pid='u.pid' # here\n"), Some("u.pid".into()));
+        assert_eq!(p("pidx = \"no\"\npid = \"\"\n"), None);
+        assert_eq!(p("[table]\npid = \"/x\"\n"), None);
+        assert_eq!(p("workers = 2\n"), None);
     }
 
     #[test]

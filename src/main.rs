@@ -72,53 +72,103 @@ fn main() -> ExitCode {
                     )
                 };
             }
-            eprintln!("upgrader: error: {:#}", f.error);
+            logging::stderr_line(&format!("upgrader: error: {:#}", f.error));
             ExitCode::from(f.code)
         }
     }
 }
 
-/// clap's own output for help and version; for a bad value, the one
-/// line that names it (SPEC 3), then exit 2.
+/// clap's own output for help and version; for an error, one line
+/// `upgrader: error: ...` (SPEC 3), then one hint line unless the value
+/// itself was bad, and exit 2.
 fn clap_exit(e: clap::Error) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             ExitCode::SUCCESS
         }
-        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid value");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("upgrader: error: {first}");
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
             ExitCode::from(2)
         }
-        _ => {
-            let _ = e.print();
+        kind => {
+            let (line, hint) = clap_lines(&e.to_string());
+            logging::stderr_line(&format!("upgrader: error: {line}"));
+            let bad_value = matches!(
+                kind,
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            );
+            if !bad_value {
+                logging::stderr_line(&format!("upgrader: hint: {hint}"));
+            }
             ExitCode::from(2)
         }
     }
 }
 
-/// `upgrader -s VERB`: 0 done, 1 failed, 2 usage.
-fn control_command(
-    verb: &str,
-    cli: &Options,
-    cfg: &Config,
-) -> Result<u8, Failure> {
+/// The message and a hint from clap's rendered error (its "tip:" if it
+/// has one, else where to look).
+fn clap_lines(text: &str) -> (String, String) {
+    let mut lines = text.lines().map(str::trim);
+    let first = lines.next().unwrap_or("bad arguments");
+    let mut first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    // "the following required arguments were not provided:" and the
+    // list under it, on one line.
+    if first.ends_with(':') {
+        let list: Vec<&str> =
+            lines.by_ref().take_while(|l| !l.is_empty()).collect();
+        first = format!("{first} {}", list.join(", "));
+    }
+    let hint = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| "see 'upgrader --help'".to_string());
+    (first, hint)
+}
+
+/// Prints `text` and a newline on stdout. A reader that went away
+/// (`upgrader -s status | head -c1`: EPIPE) is no error of ours: the
+/// output is simply not wanted any more.
+fn print(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(runtime(anyhow::Error::new(e).context("stdout"))),
+    }
+}
+
+/// `upgrader -s VERB`: 0 done, 1 failed, 2 usage, 75 still in progress
+/// when `--wait` ran out.
+fn control_command(verb: &str, cli: &Options) -> Result<u8, Failure> {
     let verb: control::Verb = verb
         .parse()
         .map_err(|e: String| usage(anyhow::anyhow!(e)))?;
-    let Some(pidfile) = &cfg.pidfile else {
-        return Err(usage(anyhow::anyhow!(
-            "-s needs the master's pidfile: --pid FILE, or -c FILE with a pid \
-             key"
-        )));
-    };
+    let pidfile = config::control_pidfile(cli).map_err(usage)?;
     let wait = cli.wait.map(|w| w.0);
-    let out = control::run(verb, pidfile, wait, cli.json).map_err(runtime)?;
-    println!("{out}");
-    Ok(0)
+    match control::run(verb, &pidfile, wait, cli.json) {
+        Ok(out) => {
+            print(&out)?;
+            Ok(0)
+        }
+        Err(e) if e.is::<control::InProgress>() => {
+            logging::stderr_line(&format!("upgrader: {e:#}"));
+            Ok(control::EX_TEMPFAIL)
+        }
+        Err(e) => Err(runtime(e)),
+    }
+}
+
+/// Whether this process was started by an old master's USR2: the
+/// hand-off variables count only with the ready pipe they come with (an
+/// open pipe above stderr). A stray `UPGRADER_PID` in the environment
+/// must not make a master skip its pidfile check.
+fn started_by_upgrade(env: &handoff::Environment) -> bool {
+    env.predecessor
+        .as_ref()
+        .and_then(|p| p.ready_fd)
+        .is_some_and(|fd| fd > 2 && sys::is_open_pipe(fd))
 }
 
 fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
@@ -131,24 +181,31 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     let facts = Facts {
         under_systemd: env.notify_socket.is_some(),
     };
+    // `-s` needs only the pidfile: a config file it cannot use whole
+    // still names it (see `config::control_pidfile`).
+    if let Some(verb) = &cli.control
+        && !cli.check_config
+    {
+        return control_command(verb, &cli);
+    }
     let cfg = Config::load(&cli, facts).map_err(usage)?;
     if cli.check_config {
-        println!("upgrader: configuration ok");
+        print("upgrader: configuration ok")?;
         return Ok(0);
-    }
-    if let Some(verb) = &cli.control {
-        return control_command(verb, &cli, &cfg);
     }
     // An unwritable --log-file is a bad value in a good argument: 2.
     logging::init(cfg.log_level, cfg.log_file.as_deref(), env.journal)
         .map_err(usage)?;
     let role = master::role_label(env.predecessor.is_some());
     logging::set_role(format!("{role}[{}]", std::process::id()));
-    if let Some(p) = &cfg.pidfile
-        && env.predecessor.is_none()
-    {
-        pidfile::check_free(p).map_err(runtime)?;
-    }
+    // Held for the master's whole life; a new master of a USR2 takes the
+    // lock over at its promotion instead (its predecessor holds it now).
+    let pidlock = match &cfg.pidfile {
+        Some(p) if !started_by_upgrade(&env) => {
+            Some(pidfile::Lock::acquire(p).map_err(runtime)?)
+        }
+        _ => None,
+    };
     let invocation = handoff::invocation(&env.vars).map_err(runtime)?;
     if cfg.timeout.is_none() && cli.timeout.is_some_and(|t| !t.0.is_zero()) {
         log::warn!(
@@ -185,11 +242,12 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         signals,
         env,
         invocation,
+        pidlock,
     })
     .map_err(runtime)?;
     let exit = master.run().map_err(runtime)?;
     if let Some(reason) = &exit.reason {
-        eprintln!("upgrader: error: {reason}");
+        logging::stderr_line(&format!("upgrader: error: {reason}"));
     }
     Ok(exit.code)
 }

@@ -1,19 +1,79 @@
 //! The pidfile: written atomically once the master serves, so "the
-//! pidfile exists" means "serving"; removed at exit only while it still
-//! holds our pid (a successor may have taken it over).
+//! pidfile holds a pid" means "serving"; removed at exit only while it
+//! is still ours (a successor may have taken it over).
+//!
+//! A master holds an flock(2) on the file at the pidfile's path for its
+//! whole life, from start (an empty file until it serves), so a second
+//! master on the same pidfile is refused even while the first is still
+//! booting. flock belongs to the open file description, so reading the
+//! file elsewhere never drops it (a POSIX record lock would be dropped
+//! by any close in the process), and descriptors are close-on-exec, so
+//! no exec'd child keeps it. The pid is written by a rename of a new
+//! file whose lock is taken before the rename: the lock moves with the
+//! inode to the path, which is how a new master of a USR2 takes it over
+//! when it renames `<pidfile>.2` over the pidfile at its promotion.
+//!
+//! The temporary file is created with O_EXCL | O_NOFOLLOW: a master
+//! running as root never writes through a symlink planted at its name.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
+/// What a pidfile holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Missing,
+    /// Nothing yet (a master that is still starting holds it so).
+    Empty,
+    Pid(Pid),
+    /// Something that is not a pid (the first line of it).
+    Garbage(String),
+    /// It cannot be read (the reason).
+    Unreadable(String),
+}
+
+/// What the pidfile at `path` holds.
+pub fn content(path: &Path) -> Content {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Content::Missing,
+        Err(e) => Content::Unreadable(crate::logging::plain(&e.to_string())),
+    }
+}
+
+fn parse(text: &str) -> Content {
+    let t = text.trim();
+    if t.is_empty() {
+        return Content::Empty;
+    }
+    match t.parse::<i32>() {
+        Ok(n) if n > 0 => Content::Pid(Pid::from_raw(n)),
+        _ => {
+            let first: String = t
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(40)
+                .collect();
+            Content::Garbage(first)
+        }
+    }
+}
+
 /// The pid a pidfile names, if it holds one.
 pub fn read(path: &Path) -> Option<Pid> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let n: i32 = text.trim().parse().ok()?;
-    (n > 0).then(|| Pid::from_raw(n))
+    match content(path) {
+        Content::Pid(p) => Some(p),
+        _ => None,
+    }
 }
 
 /// Whether `pid` is a live upgrader process (not just any process that
@@ -35,29 +95,202 @@ fn base(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
 }
 
-/// Refuses to start over a pidfile that names a live master.
-pub fn check_free(path: &Path) -> Result<()> {
-    if let Some(pid) = read(path)
-        && pid != nix::unistd::getpid()
-        && is_live_upgrader(pid)
-    {
-        bail!(
-            "pidfile {}: upgrader master {pid} is already running",
-            path.display()
-        );
-    }
-    Ok(())
+/// A master's flock on the file at its pidfile path (see the module
+/// header). Dropping it releases the lock.
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+    file: Flock<File>,
 }
 
-/// Writes `pid` to `path` through a temporary file and a rename.
-pub fn write(path: &Path, pid: Pid) -> Result<()> {
+impl Lock {
+    /// At start: opens (or creates, empty) the pidfile and locks it.
+    /// Refused, naming the holder, when another master holds it (or,
+    /// for a master of a version before locks, names a live upgrader).
+    pub fn acquire(path: &Path) -> Result<Lock> {
+        let me = nix::unistd::getpid();
+        for _ in 0..5 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(path)
+                .with_context(|| format!("pidfile {}", path.display()))?;
+            let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            {
+                Ok(f) => f,
+                Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                    bail!("{}", held_by(path, &file))
+                }
+                Err((_, e)) => {
+                    return Err(e).with_context(|| {
+                        format!("pidfile {}: flock", path.display())
+                    });
+                }
+            };
+            // A master may have renamed its file over the path between
+            // the open and the lock: the lock must be on the file that
+            // is there now.
+            if !same_file(path, &file) {
+                continue;
+            }
+            if let Content::Pid(pid) = content(path)
+                && pid != me
+                && is_live_upgrader(pid)
+            {
+                bail!(
+                    "pidfile {}: upgrader master {pid} is already running",
+                    path.display()
+                );
+            }
+            let next = successor(path);
+            if let Ok(f) = File::open(&next)
+                && let Err((f, nix::errno::Errno::EWOULDBLOCK)) =
+                    Flock::lock(f, FlockArg::LockSharedNonblock)
+            {
+                bail!("{} (an upgrade is in progress)", held_by(&next, &f));
+            }
+            return Ok(Lock {
+                path: path.to_path_buf(),
+                file,
+            });
+        }
+        bail!(
+            "pidfile {}: replaced over and over; not locked",
+            path.display()
+        )
+    }
+
+    /// Whether the file at the path is still the one locked here.
+    pub fn at_path(&self) -> bool {
+        same_file(&self.path, &self.file)
+    }
+
+    /// Renames the locked file to `to` (promotion: `<pidfile>.2` becomes
+    /// the pidfile); the lock goes with it.
+    pub fn rename(&mut self, to: &Path) -> Result<()> {
+        rename(&self.path, to)?;
+        self.path = to.to_path_buf();
+        Ok(())
+    }
+
+    /// Removes the file at the path if it is still the one locked here.
+    pub fn remove(&self) {
+        if self.at_path()
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            log::warn!("remove pidfile {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn same_file(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// "pidfile X is held by ...": the pid in it if it names a live
+/// upgrader, else the lock's owner from /proc/locks.
+fn held_by(path: &Path, file: &File) -> String {
+    let holder = match content(path) {
+        Content::Pid(p) if is_live_upgrader(p) => Some(p),
+        _ => lock_owner(file),
+    };
+    match holder {
+        Some(pid) => format!(
+            "pidfile {} is held by upgrader master {pid} (already running)",
+            path.display()
+        ),
+        None => format!(
+            "pidfile {} is locked by another process (an upgrader master \
+             already running?)",
+            path.display()
+        ),
+    }
+}
+
+/// The pid that holds an flock on `file`, from /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF`; the device in hex
+/// major:minor, the inode in decimal).
+fn lock_owner(file: &File) -> Option<Pid> {
+    let md = file.metadata().ok()?;
+    let dev = md.dev();
+    let key = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        md.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // A blocked waiter's line starts with "->"; skip those.
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&key.as_str()))
+            .then(|| f.get(4)?.parse().ok().map(Pid::from_raw))?
+    })
+}
+
+/// Writes `pid` to `path` through a temporary file and a rename, and
+/// locks the new file before the rename, so the lock is at the path as
+/// soon as the pid is.
+pub fn write(path: &Path, pid: Pid) -> Result<Lock> {
     let tmp = sibling(path, &format!(".tmp.{pid}"));
-    let mut f = std::fs::File::create(&tmp)
-        .with_context(|| format!("pidfile {}", tmp.display()))?;
+    let mut f = create_new(&tmp)?;
     writeln!(f, "{pid}")
         .with_context(|| format!("pidfile {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("pidfile {}", path.display()))
+    let file = Flock::lock(f, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("pidfile {}: flock", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("pidfile {}", path.display()));
+    }
+    Ok(Lock {
+        path: path.to_path_buf(),
+        file,
+    })
+}
+
+/// Creates `tmp`, which must not exist: O_EXCL | O_NOFOLLOW, so a
+/// symlink planted there is never followed. A stale regular file of the
+/// same name (a master of this pid that died mid-write) is removed
+/// first; unlink(2) removes the name itself, never what it points to.
+fn create_new(tmp: &Path) -> Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let md = std::fs::symlink_metadata(tmp)
+                .with_context(|| format!("pidfile {}", tmp.display()))?;
+            if !md.file_type().is_file() {
+                bail!(
+                    "pidfile {}: something that is not a regular file is in \
+                     the way ({}); not following it",
+                    tmp.display(),
+                    if md.file_type().is_symlink() {
+                        "a symlink"
+                    } else {
+                        "not a file"
+                    }
+                );
+            }
+            std::fs::remove_file(tmp)
+                .with_context(|| format!("pidfile {}", tmp.display()))?;
+            open()
+        }
+        r => r,
+    }
+    .with_context(|| format!("pidfile {}", tmp.display()))
 }
 
 /// Renames `from` to `to` (promotion: `<pidfile>.2` becomes the pidfile).
@@ -99,13 +332,23 @@ mod tests {
             .join(format!("upgrader-pidfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.pid");
-        write(&p, Pid::from_raw(12345)).unwrap();
+        let lock = write(&p, Pid::from_raw(12345)).unwrap();
         assert_eq!(read(&p), Some(Pid::from_raw(12345)));
+        assert!(lock.at_path());
+        drop(lock);
         remove_if_ours(&p, Pid::from_raw(1));
         assert!(p.exists(), "another pid must not remove it");
         remove_if_ours(&p, Pid::from_raw(12345));
         assert!(!p.exists());
         assert_eq!(successor(&p), dir.join("x.pid.2"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn contents() {
+        assert_eq!(parse(""), Content::Empty);
+        assert_eq!(parse(" 42\n"), Content::Pid(Pid::from_raw(42)));
+        assert_eq!(parse("-3"), Content::Garbage("-3".into()));
+        assert_eq!(parse("hello\nworld"), Content::Garbage("hello".into()));
     }
 }

@@ -108,6 +108,10 @@ pub struct Master {
     spare: Option<std::fs::File>,
     control_paused: Option<Instant>,
     started: Instant,
+    /// The flock on the pidfile, held as long as this master lives (see
+    /// `pidfile`); a new master's on `<pidfile>.2` until its promotion.
+    pidlock: Option<crate::pidfile::Lock>,
+    pidlock_next: Option<crate::pidfile::Lock>,
 }
 
 /// What `Master::new` needs from start-up.
@@ -119,6 +123,7 @@ pub struct Parts {
     pub signals: SignalFd,
     pub env: crate::handoff::Environment,
     pub invocation: Invocation,
+    pub pidlock: Option<crate::pidfile::Lock>,
 }
 
 impl Master {
@@ -169,6 +174,8 @@ impl Master {
             spare: control::spare_fd(),
             control_paused: None,
             started: now,
+            pidlock: p.pidlock,
+            pidlock_next: None,
         })
     }
 
@@ -435,12 +442,19 @@ impl Master {
             self.successor_serving();
             return;
         }
-        if let Some(path) = &self.cfg.pidfile
-            && let Err(e) = crate::pidfile::write(path, self.me)
-        {
-            log::error!("{e:#}");
-        }
+        self.write_pidfile();
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
+    }
+
+    /// Writes the pidfile and keeps the lock of the new file (the one
+    /// it replaced is unlinked by then).
+    fn write_pidfile(&mut self) {
+        if let Some(path) = &self.cfg.pidfile {
+            match crate::pidfile::write(path, self.me) {
+                Ok(lock) => self.pidlock = Some(lock),
+                Err(e) => log::error!("{e:#}"),
+            }
+        }
     }
 
     /// Tells systemd, unless this is a new master not yet promoted: it
@@ -505,13 +519,17 @@ impl Master {
         {
             let _ = nix::unistd::write(fd, format!("!{reason}").as_bytes());
         }
-        if let Some(p) = &self.cfg.pidfile {
-            if self.role.is_successor() {
-                let p2 = crate::pidfile::successor(p);
-                crate::pidfile::remove_if_ours(&p2, self.me);
-            } else if !self.upgrade.handed_over() {
-                crate::pidfile::remove_if_ours(p, self.me);
-            }
+        // The file at the path is removed only while it is the one this
+        // master locked (the empty one of a master that never served
+        // included); a successor's `<pidfile>.2` the same way. After a
+        // hand-off the new master renames its own over it.
+        if let Some(lock) = &self.pidlock_next {
+            lock.remove();
+        }
+        if let Some(lock) = &self.pidlock
+            && !self.upgrade.handed_over()
+        {
+            lock.remove();
         }
         for l in self.listeners.iter().chain(&self.retired) {
             self.unlink(l);

@@ -80,10 +80,11 @@ impl Master {
     /// New master: serving. Write `<pidfile>.2` (its appearance means
     /// "safe to retire the old one"), then the ready byte.
     pub(super) fn successor_serving(&mut self) {
-        if let Some(p) = &self.cfg.pidfile
-            && let Err(e) = pidfile::write(&pidfile::successor(p), self.me)
-        {
-            log::error!("{e:#}");
+        if let Some(p) = &self.cfg.pidfile {
+            match pidfile::write(&pidfile::successor(p), self.me) {
+                Ok(lock) => self.pidlock_next = Some(lock),
+                Err(e) => log::error!("{e:#}"),
+            }
         }
         if let Role::Successor { ready, .. } = &mut self.role
             && let Some(fd) = ready.take()
@@ -120,12 +121,15 @@ impl Master {
             self.role.label(),
             self.me
         ));
-        if let Some(p) = &self.cfg.pidfile {
-            let p2 = pidfile::successor(p);
-            if p2.exists()
-                && let Err(e) = pidfile::rename(&p2, p)
-            {
-                log::error!("{e:#}");
+        // The lock goes with the renamed file: this master holds the
+        // pidfile now.
+        if let Some(p) = &self.cfg.pidfile
+            && let Some(mut lock) = self.pidlock_next.take()
+            && lock.at_path()
+        {
+            match lock.rename(p) {
+                Ok(()) => self.pidlock = Some(lock),
+                Err(e) => log::error!("{e:#}"),
             }
         }
         log::info!("promoted: old master {old} is gone");

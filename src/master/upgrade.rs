@@ -222,11 +222,7 @@ impl Master {
         self.young_until = None;
         self.desired = self.cfg.workers;
         self.respawn_at = None;
-        if let Some(p) = &self.cfg.pidfile
-            && let Err(e) = pidfile::write(p, self.me)
-        {
-            log::error!("{e:#}");
-        }
+        self.write_pidfile();
     }
 
     /// Hands over to the ready new master and drains.

@@ -16,6 +16,10 @@ mod exec;
 mod failures;
 /// The master under faults and odd orders.
 mod faults_master;
+/// The operator's side under faults: a dead or stalled stderr, a full
+/// disk, tampered or shared pidfiles, stray hand-off variables, and the
+/// `-s` client's statuses, output and messages.
+mod faults_ops;
 /// The built-in worker under faults: load during stop/reload, a stopped
 /// master, descriptor exhaustion, slow and malformed clients.
 mod faults_worker;
