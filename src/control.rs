@@ -279,8 +279,8 @@ fn master_pid(pidfile: &Path) -> Result<Pid> {
             bail!("no master: pidfile {shown} does not exist")
         }
         pidfile::Content::Empty => bail!(
-            "no master serving: pidfile {shown} is empty (a master that is \
-             still starting leaves it so)"
+            "no master: pidfile {shown} is empty, which is not a pid \
+             (upgrader never leaves it so; use --pid with the right file)"
         ),
         pidfile::Content::Garbage(text) => {
             bail!(

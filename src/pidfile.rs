@@ -1,17 +1,20 @@
 //! The pidfile: written atomically once the master serves, so "the
-//! pidfile holds a pid" means "serving"; removed at exit only while it
-//! is still ours (a successor may have taken it over).
+//! pidfile exists" means "serving" (SPEC 5); removed at exit only while
+//! it is still ours (a successor may have taken it over).
 //!
-//! A master holds an flock(2) on the file at the pidfile's path for its
-//! whole life, from start (an empty file until it serves), so a second
-//! master on the same pidfile is refused even while the first is still
-//! booting. flock belongs to the open file description, so reading the
-//! file elsewhere never drops it (a POSIX record lock would be dropped
-//! by any close in the process), and descriptors are close-on-exec, so
-//! no exec'd child keeps it. The pid is written by a rename of a new
-//! file whose lock is taken before the rename: the lock moves with the
-//! inode to the path, which is how a new master of a USR2 takes it over
-//! when it renames `<pidfile>.2` over the pidfile at its promotion.
+//! Two masters on one pidfile are refused with flock(2) locks, in two
+//! steps. While it boots, a master holds `<pidfile>.lock`; once it
+//! serves, it holds the pidfile itself (the pid is written to a new file
+//! that is locked before it is renamed over the path, so the lock is at
+//! the path as soon as the pid is) and then removes the `.lock` file. A
+//! starting master takes `.lock` first and only then looks at the
+//! pidfile, so whichever order two masters run in, one of them sees the
+//! other's lock. flock belongs to the open file description, so reading
+//! the file elsewhere never drops it (a POSIX record lock would be
+//! dropped by any close in the process), and descriptors are
+//! close-on-exec, so no exec'd child keeps it. A new master of a USR2
+//! locks `<pidfile>.2` the same way and renames it over the pidfile at
+//! its promotion: the lock moves with the inode.
 //!
 //! The temporary file is created with O_EXCL | O_NOFOLLOW: a master
 //! running as root never writes through a symlink planted at its name.
@@ -104,11 +107,14 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// At start: opens (or creates, empty) the pidfile and locks it.
-    /// Refused, naming the holder, when another master holds it (or,
-    /// for a master of a version before locks, names a live upgrader).
+    /// At start: locks `<pidfile>.lock` (created if missing), then
+    /// refuses, naming the holder, when another master holds it, holds
+    /// the pidfile (it serves) or `<pidfile>.2` (an upgrade is under
+    /// way), or when the pidfile names a live upgrader (a master of a
+    /// version before locks). The pidfile itself is not created.
     pub fn acquire(path: &Path) -> Result<Lock> {
         let me = nix::unistd::getpid();
+        let lockpath = sibling(path, ".lock");
         for _ in 0..5 {
             let file = OpenOptions::new()
                 .read(true)
@@ -116,8 +122,10 @@ impl Lock {
                 .create(true)
                 .mode(0o644)
                 .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(path)
-                .with_context(|| format!("pidfile {}", path.display()))?;
+                .open(&lockpath)
+                .with_context(|| {
+                    format!("pidfile lock {}", lockpath.display())
+                })?;
             let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock)
             {
                 Ok(f) => f,
@@ -126,40 +134,47 @@ impl Lock {
                 }
                 Err((_, e)) => {
                     return Err(e).with_context(|| {
-                        format!("pidfile {}: flock", path.display())
+                        format!("pidfile lock {}: flock", lockpath.display())
                     });
                 }
             };
-            // A master may have renamed its file over the path between
-            // the open and the lock: the lock must be on the file that
-            // is there now.
-            if !same_file(path, &file) {
+            // A master may have removed the file between the open and
+            // the lock (it serves now): the lock must be on the file
+            // that is there now.
+            if !same_file(&lockpath, &file) {
                 continue;
+            }
+            let lock = Lock {
+                path: lockpath,
+                file,
+            };
+            for (file, busy) in [
+                (path.to_path_buf(), ""),
+                (successor(path), " (an upgrade is in progress)"),
+            ] {
+                if let Ok(f) = File::open(&file)
+                    && let Err((f, nix::errno::Errno::EWOULDBLOCK)) =
+                        Flock::lock(f, FlockArg::LockSharedNonblock)
+                {
+                    lock.remove();
+                    bail!("{}{busy}", held_by(&file, &f));
+                }
             }
             if let Content::Pid(pid) = content(path)
                 && pid != me
                 && is_live_upgrader(pid)
             {
+                lock.remove();
                 bail!(
                     "pidfile {}: upgrader master {pid} is already running",
                     path.display()
                 );
             }
-            let next = successor(path);
-            if let Ok(f) = File::open(&next)
-                && let Err((f, nix::errno::Errno::EWOULDBLOCK)) =
-                    Flock::lock(f, FlockArg::LockSharedNonblock)
-            {
-                bail!("{} (an upgrade is in progress)", held_by(&next, &f));
-            }
-            return Ok(Lock {
-                path: path.to_path_buf(),
-                file,
-            });
+            return Ok(lock);
         }
         bail!(
-            "pidfile {}: replaced over and over; not locked",
-            path.display()
+            "pidfile lock {}: replaced over and over; not locked",
+            lockpath.display()
         )
     }
 

@@ -446,12 +446,17 @@ impl Master {
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
     }
 
-    /// Writes the pidfile and keeps the lock of the new file (the one
-    /// it replaced is unlinked by then).
+    /// Writes the pidfile and keeps the lock of the new file, then
+    /// removes `<pidfile>.lock`, the lock of the boot (see pidfile.rs).
+    /// When the pidfile cannot be written the boot lock stays held.
     fn write_pidfile(&mut self) {
         if let Some(path) = &self.cfg.pidfile {
             match crate::pidfile::write(path, self.me) {
-                Ok(lock) => self.pidlock = Some(lock),
+                Ok(lock) => {
+                    if let Some(boot) = self.pidlock.replace(lock) {
+                        boot.remove();
+                    }
+                }
                 Err(e) => log::error!("{e:#}"),
             }
         }
@@ -520,7 +525,7 @@ impl Master {
             let _ = nix::unistd::write(fd, format!("!{reason}").as_bytes());
         }
         // The file at the path is removed only while it is the one this
-        // master locked (the empty one of a master that never served
+        // master locked (the `.lock` of a master that never served
         // included); a successor's `<pidfile>.2` the same way. After a
         // hand-off the new master renames its own over it.
         if let Some(lock) = &self.pidlock_next {
