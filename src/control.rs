@@ -311,20 +311,11 @@ fn master_status(pid: Pid, limit: Duration) -> Option<Status> {
     }
 }
 
-/// Whether the master exited before the deadline.
+/// Whether the master exited (its pidfd is readable) before the
+/// deadline.
 fn wait_exit(fd: &std::os::fd::OwnedFd, deadline: Instant) -> Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-        let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut p, t) {
-            Ok(0) => return Ok(false),
-            Ok(_) => return Ok(true),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("poll"),
-        }
-    }
+    crate::sys::wait_for(fd.as_fd(), nix::poll::PollFlags::POLLIN, deadline)
+        .context("poll")
 }
 
 /// The promotion is a rename the new master does right after the old

@@ -649,6 +649,34 @@ pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
 // The image holds raw pointers into its own buffers; it is built and
 // used in one thread only (the master's, then the child's copy).
 
+/// Waits until `fd` is ready for `events` (or has an error or hang-up,
+/// which poll reports whatever was asked) or `deadline` passes: the one
+/// "wait for an fd until a deadline" of the program (the `-s` client,
+/// the built-in worker's connections, the master's zero-time checks).
+/// `Ok(false)` when the deadline passed first; EINTR is retried.
+pub fn wait_for(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    deadline: std::time::Instant,
+) -> nix::Result<bool> {
+    use nix::poll::{PollFd, PollTimeout, poll};
+    loop {
+        let left =
+            deadline.saturating_duration_since(std::time::Instant::now());
+        // Rounded up: a poll of 0 ms for 0.4 ms left would spin.
+        let ms = left.as_micros().div_ceil(1000);
+        let t = PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut p = [PollFd::new(fd, events)];
+        match poll(&mut p, t) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

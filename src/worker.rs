@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -577,19 +577,10 @@ impl Conn {
 
     /// Waits until the socket is ready for `what`, or the deadline.
     fn wait(&self, what: PollFlags) -> io::Result<()> {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            let mut p = [PollFd::new(self.fd.as_fd(), what)];
-            match poll(&mut p, t) {
-                Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
-                Ok(_) => return Ok(()),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        match sys::wait_for(self.fd.as_fd(), what, self.deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::ErrorKind::TimedOut.into()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -696,8 +687,9 @@ impl Notifier {
         loop {
             match s.send(b"READY=1") {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut p = [PollFd::new(s.as_fd(), PollFlags::POLLOUT)];
-                    let _ = poll(&mut p, PollTimeout::from(1000u16));
+                    let a_while = Instant::now() + Duration::from_secs(1);
+                    let _ =
+                        sys::wait_for(s.as_fd(), PollFlags::POLLOUT, a_while);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -104,10 +104,12 @@ impl Master {
         let gone = match pidfd {
             // Readable means exited.
             Some(fd) => {
-                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
-                    || nix::unistd::getppid() != *old
+                let now = std::time::Instant::now();
+                let pollin = nix::poll::PollFlags::POLLIN;
+                matches!(
+                    crate::sys::wait_for(fd.as_fd(), pollin, now),
+                    Ok(true)
+                ) || nix::unistd::getppid() != *old
             }
             None => nix::unistd::getppid() != *old,
         };
