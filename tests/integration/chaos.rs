@@ -733,6 +733,14 @@ fn kill_9_new_master(step: NewStep) {
         // dir; neither blocks the next start on the same port, which
         // removes the stale notify dir.
         assert_only_the_pidfile_of(&u, new);
+        let stale = files_in(&u.dir.path("run"));
+        assert!(
+            stale.len() == 1
+                && stale
+                    .iter()
+                    .all(|d| d.starts_with(&format!("upgrader.{new}."))),
+            "the killed master's notify dir alone: {stale:?}"
+        );
         let pidfile = u.dir.path("u.pid");
         let mut next = upgrader()
             .args(["--bind", &a, "-p", pidfile.to_str().unwrap()])
@@ -989,8 +997,8 @@ fn a_burst_of_1000_mixed_signals_leaves_a_sane_master() {
     // reads its signals before its control clients in each round of its
     // loop, so by the answer it has handled every signal sent before):
     // sent all at once, the kernel would coalesce the 1,000 into one of
-    // each kind. Some rounds hold a USR2 but no HUP, so new masters are
-    // started too, and refused while one exists.
+    // each kind. A round whose USR2 finds no reload in flight starts a
+    // new master, and every later USR2 is refused while it exists.
     for round in 0..100usize {
         for i in round * 10..round * 10 + 10 {
             // A fixed but irregular order (i * 3 + i / 7 mod 7).
