@@ -45,6 +45,28 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
+/// How many control clients the master holds at once: half its
+/// descriptor limit at start, between 16 and 1024. Each client holds a
+/// descriptor (a silent one for up to `REQUEST_TIMEOUT`), and the other
+/// half must stay free for the master's own work: an exec worker's spawn
+/// and an upgrade need pipes. Without a bound, idle `-s` connections
+/// under `ulimit -n 64` made every spawn of a reload fail with EMFILE
+/// until they timed out. Past the bound the control socket is not
+/// polled: connections wait in its backlog until a client leaves.
+/// (Below about 40 descriptors, 16 clients can still exhaust them; the
+/// spare descriptor handles that.)
+pub(super) fn max_clients() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    client_bound(getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s))
+}
+
+/// `max_clients` for a soft descriptor limit.
+fn client_bound(soft_limit: u64) -> usize {
+    usize::try_from(soft_limit / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1024)
+}
+
 /// A descriptor kept in reserve, so that a connection can still be taken
 /// (and closed) when the process is out of descriptors.
 pub(super) fn spare_fd() -> Option<std::fs::File> {
@@ -202,6 +224,13 @@ impl Master {
         let Some(l) = &self.control else { return };
         // Bounded per round, like every other source.
         for _ in 0..64 {
+            if self.clients.len() >= self.max_clients {
+                log::debug!(
+                    "control: {} clients at once; more wait",
+                    self.max_clients
+                );
+                return;
+            }
             let stream = match l.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if is_fd_exhaustion(&e) => {
@@ -417,5 +446,21 @@ impl Master {
                 }
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_bound;
+
+    #[test]
+    fn control_clients_get_half_the_descriptors_within_bounds() {
+        assert_eq!(client_bound(64), 32);
+        assert_eq!(client_bound(1024), 512);
+        // Tiny limits: the spare descriptor handles the rest.
+        assert_eq!(client_bound(20), 16);
+        assert_eq!(client_bound(0), 16);
+        // RLIM_INFINITY.
+        assert_eq!(client_bound(u64::MAX), 1024);
     }
 }

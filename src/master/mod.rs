@@ -100,6 +100,8 @@ pub struct Master {
     /// `upgrader -s`: the control socket and its clients.
     control: Option<std::os::unix::net::UnixListener>,
     clients: Vec<control::Client>,
+    /// At most this many clients at once (`control::max_clients`).
+    max_clients: usize,
     /// Refused control connections (wrong uid; no descriptor left), a
     /// spare descriptor for the latter, and a pause of the control
     /// socket when even that is gone.
@@ -169,6 +171,7 @@ impl Master {
             barrier: None,
             control,
             clients: Vec::new(),
+            max_clients: control::max_clients(),
             refusals: control::Refusals::default(),
             fd_refusals: control::Refusals::default(),
             spare: control::spare_fd(),

@@ -71,6 +71,7 @@ impl Master {
         }
         if let Some(l) = &self.control
             && self.control_paused.is_none()
+            && self.clients.len() < self.max_clients
         {
             srcs.push((l.as_fd(), Source::Control));
         }

@@ -8,6 +8,9 @@ mod harness;
 /// The man page and README against --help.
 mod docs;
 
+/// Fault injection: kill -9 at each upgrade step, keepers, SIGSTOP,
+/// signal storms, descriptor exhaustion.
+mod chaos;
 /// `upgrader -s`: synchronous control.
 mod control;
 /// Exec workers: the systemd hand-over, readiness, keepers.
