@@ -606,7 +606,7 @@ def probe_new_master(port, old, pidfile, limit):
         with s:
             data = b""
             try:
-                s.sendall(REQUEST)
+                s.sendall(upgrader_http.request_bytes(agent=AGENT))
                 s.setblocking(False)
                 while now() < deadline:
                     if t_ready is None and read_pid(pidfile + ".2") not in (None, old):
