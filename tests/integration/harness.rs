@@ -472,6 +472,32 @@ pub fn wait_asleep_in_poll(pid: Pid) {
     });
 }
 
+/// The CPU time `pid` has used (utime + stime, fields 14 and 15 of
+/// /proc/PID/stat, counted after the ")" that ends the command name), in
+/// clock ticks of 10 ms (USER_HZ = 100).
+pub fn cpu_time(pid: Pid) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Asserts that `pid` uses less than `limit` of CPU in a 1 s window. A
+/// sampling window, not a synchronisation: it measures how much CPU the
+/// process burns while something waits.
+pub fn assert_quiet_for_a_second(pid: Pid, limit: Duration) {
+    let before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_time(pid) - before;
+    assert!(used < limit, "{pid} used {used:?} of 1s: spinning");
+}
+
 pub fn alive(pid: Pid) -> bool {
     // A zombie still answers kill(0); count it as dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
