@@ -11,14 +11,14 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
     SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
 };
 
@@ -219,6 +219,14 @@ fn errno_text(e: nix::Error) -> String {
     e.desc().to_string()
 }
 
+/// The OS reason alone, without std's "(os error N)".
+fn io_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
 fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
@@ -249,9 +257,20 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn listen(fd: &OwnedFd, backlog: i32) -> Result<(), String> {
-    let backlog = Backlog::new(backlog).map_err(errno_text)?;
-    socket::listen(fd, backlog).map_err(errno_text)
+/// listen(2); a backlog above `net.core.somaxconn` is capped by the
+/// kernel (and warned about once at start, see `backlog_cap`).
+pub fn listen(fd: &OwnedFd, backlog: i32) -> Result<(), String> {
+    crate::sys::listen(fd.as_fd(), backlog).map_err(errno_text)
+}
+
+/// The kernel's limit on a listen backlog (`net.core.somaxconn`), if it
+/// can be read.
+pub fn backlog_cap() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
@@ -268,13 +287,13 @@ fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
     if let Some(mode) = opts.unix_mode {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {mode:o}: {e}"))?;
+            .map_err(|e| format!("chmod {mode:o}: {}", io_text(&e)))?;
     }
     if let (uid, gid) = opts.unix_owner
         && (uid.is_some() || gid.is_some())
     {
         std::os::unix::fs::chown(path, uid, gid)
-            .map_err(|e| format!("chown: {e}"))?;
+            .map_err(|e| format!("chown: {}", io_text(&e)))?;
     }
     listen(&fd, opts.backlog)?;
     Ok(fd)
@@ -289,10 +308,37 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
     if !meta.file_type().is_socket() {
         return Err("Address already in use (not a socket)".into());
     }
-    if UnixStream::connect(path).is_ok() {
-        return Err("Address already in use (a server is listening)".into());
+    match probe_unix(path) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => {
+            Err("Address already in use (a server is listening)".into())
+        }
+        Err(Errno::ECONNREFUSED) => std::fs::remove_file(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| format!("remove stale socket: {}", io_text(&e))),
+        // Gone since the look: nothing to remove.
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!(
+            "Address already in use (cannot tell whether a server listens: \
+             {})",
+            e.desc()
+        )),
     }
-    std::fs::remove_file(path).map_err(|e| format!("remove stale: {e}"))
+}
+
+/// A non-blocking connect to a unix socket path: a server whose backlog
+/// is full answers EAGAIN at once, where a blocking connect would wait
+/// for it to accept (unix(7)), and the master would hang at start.
+fn probe_unix(path: &Path) -> Result<(), Errno> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)
 }
 
 /// The address a socket is bound to.

@@ -144,6 +144,15 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         .map_err(usage)?;
     let role = master::role_label(env.predecessor.is_some());
     logging::set_role(format!("{role}[{}]", std::process::id()));
+    if let Some(cap) = listeners::backlog_cap()
+        && cfg.bind_options.backlog > cap
+    {
+        log::warn!(
+            "--backlog {}: the kernel caps it at {cap} \
+             (net.core.somaxconn)",
+            cfg.bind_options.backlog
+        );
+    }
     if let Some(p) = &cfg.pidfile
         && env.predecessor.is_none()
     {

@@ -499,6 +499,16 @@ pub unsafe fn write_if_pipe(raw: RawFd, bytes: &[u8]) {
     }
 }
 
+/// listen(2) with any backlog: the kernel caps it at
+/// `net.core.somaxconn` itself (nix's `Backlog::new` refuses anything
+/// above the C library's SOMAXCONN, 4096, with EINVAL, even where the
+/// sysctl allows more).
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> nix::Result<()> {
+    // SAFETY: a plain system call on a borrowed, open descriptor.
+    let r = unsafe { nix::libc::listen(fd.as_raw_fd(), backlog) };
+    Errno::result(r).map(|_| ())
+}
+
 /// Borrows a descriptor that stays open for the rest of the process's
 /// life (a worker's inherited listeners).
 pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {

@@ -14,6 +14,10 @@ mod control;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// The hand-off under faults: USR2 with `fd:N` and renamed systemd
+/// sockets, unix socket ownership, garbage in the environment, odd
+/// backlogs, a stale-socket probe against a full backlog.
+mod faults_handoff;
 /// The master under faults and odd orders.
 mod faults_master;
 /// The built-in worker under faults: load during stop/reload, a stopped
