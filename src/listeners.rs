@@ -385,13 +385,19 @@ pub fn adopt(fd: OwnedFd, name: &str) -> Result<Listener> {
     })
 }
 
-/// Opens the listeners a configuration asks for: inherited sockets are
-/// matched to `--bind` entries by name (`systemd:NAME`), by number
-/// (`fd:N`) or by address; the rest are bound. With no `--bind`, every
-/// inherited socket is served; with neither, the default address.
+/// Opens the listeners a configuration asks for. Inherited sockets are
+/// matched to `--bind` entries: first a predecessor's by the `--bind` it
+/// was opened for (handed over with it: `fd:7` is at descriptor 3 in a
+/// new master, `http=systemd:web` is named `http` there), then by name
+/// (`systemd:NAME`), number (`fd:N`, only for descriptors passed to
+/// this process as they are) or address; the rest are bound. With no
+/// `--bind`, every inherited socket is served; with neither, the default
+/// address. `successor`: the inherited sockets come from an old master,
+/// renumbered, and no other descriptor was passed.
 pub fn open_all(
     specs: &[BindSpec],
     mut inherited: Vec<Listener>,
+    successor: bool,
     opts: BindOptions,
 ) -> Result<Vec<Listener>> {
     if specs.is_empty() && !inherited.is_empty() {
@@ -403,18 +409,37 @@ pub fn open_all(
     } else {
         specs
     };
+    // Handed-over specs first, for every entry, so a fallback match of
+    // one entry cannot take the socket handed over for a later one.
+    let mut found: Vec<Option<Listener>> = specs
+        .iter()
+        .map(|spec| {
+            let i = inherited
+                .iter()
+                .position(|l| l.spec.as_ref() == Some(spec))?;
+            Some(inherited.remove(i))
+        })
+        .collect();
     let mut out = Vec::with_capacity(specs.len());
-    for spec in specs {
-        // An exact match first; then `:0` takes an inherited socket on
+    for (spec, handed) in specs.iter().zip(&mut found) {
+        // Then an exact match; then `:0` takes an inherited socket on
         // the same address (a successor re-reads the same `--bind
         // 127.0.0.1:0` that gave its predecessor a kernel-chosen port).
-        let found = inherited
-            .iter()
-            .position(|l| matches(spec, l))
-            .or_else(|| inherited.iter().position(|l| any_port(spec, l)));
-        let mut l = match found {
-            Some(i) => inherited.remove(i),
+        let matched = handed.take().or_else(|| {
+            let i = inherited
+                .iter()
+                .position(|l| matches(spec, l, !successor))
+                .or_else(|| {
+                    inherited.iter().position(|l| any_port(spec, l))
+                })?;
+            Some(inherited.remove(i))
+        });
+        let mut l = match matched {
+            Some(l) => l,
             None => match &spec.addr {
+                Addr::Fd(n) if successor => bail!(
+                    "bind fd:{n}: the old master handed over no such socket"
+                ),
                 Addr::Fd(n) => {
                     let fd =
                         crate::sys::adopt_inherited(*n).ok_or_else(|| {
@@ -460,9 +485,9 @@ pub fn reconcile(
     }
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let kept = current
-            .iter()
-            .find(|l| l.spec.as_ref() == Some(spec) || matches(spec, l));
+        let kept = current.iter().find(|l| {
+            l.spec.as_ref() == Some(spec) || matches(spec, l, false)
+        });
         match kept {
             Some(l) => out.push(Rc::clone(l)),
             None => out.push(Rc::new(bind(spec, opts)?)),
@@ -488,10 +513,13 @@ fn any_port(spec: &BindSpec, l: &Listener) -> bool {
     }
 }
 
-fn matches(spec: &BindSpec, l: &Listener) -> bool {
+/// Whether `l` is the socket `spec` asks for, by name, address or, if
+/// `by_number` (descriptors passed as they are, not renumbered by a
+/// predecessor or opened by this master), number.
+fn matches(spec: &BindSpec, l: &Listener, by_number: bool) -> bool {
     match &spec.addr {
         Addr::Systemd(name) => &l.name == name,
-        Addr::Fd(n) => l.raw() == *n,
+        Addr::Fd(n) => by_number && l.raw() == *n,
         Addr::Tcp(a) => l.local == Addr::Tcp(*a),
         Addr::Unix(p) => l.local == Addr::Unix(p.clone()),
     }

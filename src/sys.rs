@@ -499,6 +499,20 @@ pub unsafe fn write_if_pipe(raw: RawFd, bytes: &[u8]) {
     }
 }
 
+/// The file type bits (`S_IFMT` of `st_mode`) of the descriptor number
+/// `raw`, or `None` if it is not open: how an inherited number is
+/// examined before anything trusts it (a `UPGRADER_READY_FD` of 2 would
+/// otherwise be the master's own stderr, closed once "ready").
+pub fn file_type(raw: RawFd) -> Option<nix::libc::mode_t> {
+    use nix::libc;
+    // SAFETY: fstat fills a local struct and fails with EBADF on a number
+    // that is not open; it takes no ownership of the descriptor.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(raw, &mut st) == 0).then_some(st.st_mode & libc::S_IFMT)
+    }
+}
+
 /// listen(2) with any backlog: the kernel caps it at
 /// `net.core.somaxconn` itself (nix's `Backlog::new` refuses anything
 /// above the C library's SOMAXCONN, 4096, with EINVAL, even where the
