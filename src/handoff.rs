@@ -124,7 +124,7 @@ pub fn decode(
         .trim()
         .parse::<i32>()
         .ok()
-        .filter(|&p| p > 1)
+        .filter(|&p| p > 0)
         .ok_or_else(|| format!("{UPGRADER_PID}={pid_text} is not a pid"))?;
     let fds_text = get(UPGRADER_FDS).unwrap_or_default();
     let mut fds: Vec<i32> = Vec::new();

@@ -426,12 +426,11 @@ pub fn open_all(
         // the same address (a successor re-reads the same `--bind
         // 127.0.0.1:0` that gave its predecessor a kernel-chosen port).
         let matched = handed.take().or_else(|| {
-            let i = inherited
-                .iter()
-                .position(|l| matches(spec, l, !successor))
-                .or_else(|| {
-                    inherited.iter().position(|l| any_port(spec, l))
-                })?;
+            let find =
+                |f: &dyn Fn(&Listener) -> bool| inherited.iter().position(f);
+            let i = find(&|l| opened_for(spec, l))
+                .or_else(|| find(&|l| matches(spec, l, !successor)))
+                .or_else(|| find(&|l| any_port(spec, l)))?;
             Some(inherited.remove(i))
         });
         let mut l = match matched {
@@ -454,8 +453,10 @@ pub fn open_all(
                 _ => bind(spec, opts)?,
             },
         };
-        if let Some(n) = &spec.name {
-            l.name = n.clone();
+        // `systemd:NAME` names it NAME, even a socket an old master
+        // served under another name.
+        if spec.name.is_some() || matches!(spec.addr, Addr::Systemd(_)) {
+            l.name = spec.name().to_string();
         }
         l.spec = Some(spec.clone());
         out.push(l);
@@ -485,9 +486,11 @@ pub fn reconcile(
     }
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let kept = current.iter().find(|l| {
-            l.spec.as_ref() == Some(spec) || matches(spec, l, false)
-        });
+        let find =
+            |f: &dyn Fn(&Listener) -> bool| current.iter().find(|l| f(l));
+        let kept = find(&|l| l.spec.as_ref() == Some(spec))
+            .or_else(|| find(&|l| opened_for(spec, l)))
+            .or_else(|| find(&|l| matches(spec, l, false)));
         match kept {
             Some(l) => out.push(Rc::clone(l)),
             None => out.push(Rc::new(bind(spec, opts)?)),
@@ -513,12 +516,21 @@ fn any_port(spec: &BindSpec, l: &Listener) -> bool {
     }
 }
 
-/// Whether `l` is the socket `spec` asks for, by name, address or, if
-/// `by_number` (descriptors passed as they are, not renumbered by a
-/// predecessor or opened by this master), number.
+/// Whether `l` was opened for the same `fd:N` or `systemd:NAME` as
+/// `spec` asks for, perhaps under another name (an old master's
+/// listeners carry the `--bind` they were opened for).
+fn opened_for(spec: &BindSpec, l: &Listener) -> bool {
+    matches!(spec.addr, Addr::Fd(_) | Addr::Systemd(_))
+        && l.spec.as_ref().is_some_and(|s| s.addr == spec.addr)
+}
+
+/// Whether `l` is the socket `spec` asks for by its systemd name (only
+/// a socket not yet renamed by a `--bind`), address or, if `by_number`
+/// (descriptors passed as they are, not renumbered by a predecessor),
+/// number.
 fn matches(spec: &BindSpec, l: &Listener, by_number: bool) -> bool {
     match &spec.addr {
-        Addr::Systemd(name) => &l.name == name,
+        Addr::Systemd(name) => l.spec.is_none() && &l.name == name,
         Addr::Fd(n) => by_number && l.raw() == *n,
         Addr::Tcp(a) => l.local == Addr::Tcp(*a),
         Addr::Unix(p) => l.local == Addr::Unix(p.clone()),
@@ -574,6 +586,65 @@ mod tests {
         assert!("unix:".parse::<BindSpec>().is_err());
         assert!("nonsense".parse::<BindSpec>().is_err());
         assert!("systemd:a:b".parse::<BindSpec>().is_err());
+    }
+
+    /// A real socket as a predecessor would hand it over: opened for
+    /// `handed`, named `name`.
+    fn handed(name: &str, handed: &str) -> Listener {
+        let mut l = bind(&spec("127.0.0.1:0"), opts()).unwrap();
+        l.name = name.into();
+        l.spec = Some(spec(handed));
+        l.origin = Origin::Inherited;
+        l
+    }
+
+    fn opts() -> BindOptions {
+        BindOptions {
+            backlog: 16,
+            reuse_port: false,
+            unix_mode: None,
+            unix_owner: (None, None),
+        }
+    }
+
+    #[test]
+    fn a_successor_finds_its_sockets_by_the_bind_they_were_opened_for() {
+        let swapped = || {
+            vec![
+                handed("admin", "admin=systemd:web"),
+                handed("web", "web=systemd:admin"),
+            ]
+        };
+        let ports = |ls: &[Listener]| -> Vec<Addr> {
+            ls.iter().map(|l| l.local.clone()).collect()
+        };
+        // The same configuration: each by its own --bind.
+        let inherited = swapped();
+        let want = ports(&inherited);
+        let specs = [spec("admin=systemd:web"), spec("web=systemd:admin")];
+        let got = open_all(&specs, inherited, true, opts()).unwrap();
+        assert_eq!(ports(&got), want);
+        // Another configuration: `systemd:admin` is the socket opened
+        // for it, not the one a --bind renamed "admin".
+        let inherited = swapped();
+        let admin = inherited[1].local.clone();
+        let got = open_all(&[spec("systemd:admin")], inherited, true, opts())
+            .unwrap();
+        assert_eq!(
+            (got[0].local.clone(), got[0].name.as_str()),
+            (admin, "admin")
+        );
+        // fd:N: by the handed-over spec, never by number in a successor.
+        let inherited = vec![handed("unknown", "fd:20")];
+        let want = inherited[0].local.clone();
+        let got =
+            open_all(&[spec("x=fd:20")], inherited, true, opts()).unwrap();
+        assert_eq!((got[0].local.clone(), got[0].name.as_str()), (want, "x"));
+        let e = open_all(&[spec("fd:21")], vec![], true, opts()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bind fd:21: the old master handed over no such socket"
+        );
     }
 
     #[test]
