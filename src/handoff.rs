@@ -1,279 +1,340 @@
-//! The environment, read once at start and never mutated (edition 2024
-//! marks `set_var` as `unsafe`, for good reason): what systemd passed
-//! (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM`), what a
-//! predecessor master passed (`UPGRADER_*`, SPEC section 7), and the
-//! rest, which is what workers and successors inherit.
+//! The environment protocol: what this process was given at start
+//! (`environment`, read once and never mutated), the hand-off from an
+//! old master to the new one (SPEC section 7), and the one function that
+//! builds every child's environment, worker or new master
+//! (`child_env`).
 //!
 //! The hand-off protocol from an old master to the new one it execs:
 //! * `UPGRADER_FDS=3,4`: the listening sockets, in `--bind` order;
 //! * `UPGRADER_FDNAMES=http:admin`: their names, systemd's format;
+//! * `UPGRADER_BINDS=fd:7,http=systemd:web`: the `--bind` each was
+//!   opened for (empty for none), so the new master finds `fd:7` at
+//!   descriptor 3 and `systemd:web` under its new name;
+//! * `UPGRADER_ORIGINS=bound,inherited`: whether the old master bound it
+//!   (then the new one owns the unix socket file and unlinks it last);
 //! * `UPGRADER_PID=<old master>`: who to wait for before promotion;
 //! * `UPGRADER_READY_FD=5`: write one byte there once serving (EOF
 //!   before that byte means the upgrade failed).
+//!
+//! Everything inherited is validated before it is trusted: a garbage
+//! `LISTEN_FDS` is a configuration error (exit 2), a garbage hand-off is
+//! ignored with one warning (it cannot be from a real old master).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use nix::unistd::Pid;
 
-use crate::listeners::{self, Listener};
+use crate::listeners::{self, BindSpec, Listener, Origin};
+
+mod environment;
+
+pub use environment::{Environment, FdKind, Invocation, Probe, invocation};
 
 pub const UPGRADER_FDS: &str = "UPGRADER_FDS";
 pub const UPGRADER_FDNAMES: &str = "UPGRADER_FDNAMES";
+pub const UPGRADER_BINDS: &str = "UPGRADER_BINDS";
+pub const UPGRADER_ORIGINS: &str = "UPGRADER_ORIGINS";
 pub const UPGRADER_PID: &str = "UPGRADER_PID";
 pub const UPGRADER_READY_FD: &str = "UPGRADER_READY_FD";
 /// Enables the built-in worker's `/_test/` paths (integration tests).
 pub const UPGRADER_TEST_HOOKS: &str = "UPGRADER_TEST_HOOKS";
 
+/// The hand-off variables, in the order a warning names them.
+const HANDOFF: [&str; 6] = [
+    UPGRADER_PID,
+    UPGRADER_FDS,
+    UPGRADER_FDNAMES,
+    UPGRADER_BINDS,
+    UPGRADER_ORIGINS,
+    UPGRADER_READY_FD,
+];
+
+/// One listener in a hand-off (at descriptor 3 + its position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    pub name: String,
+    /// The `--bind` it was opened for, if any.
+    pub spec: Option<BindSpec>,
+    pub origin: Origin,
+}
+
+impl Handed {
+    pub fn of(l: &Listener) -> Handed {
+        Handed {
+            name: l.name.clone(),
+            spec: l.spec.clone(),
+            origin: l.origin,
+        }
+    }
+}
+
 /// What an old master handed to this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Predecessor {
     pub pid: Pid,
-    /// (fd, name) of each listener.
-    pub fds: Vec<(i32, String)>,
+    /// Each listener and the descriptor it is at.
+    pub fds: Vec<(i32, Handed)>,
+    /// A pipe above stderr, checked (fstat) before it is trusted.
     pub ready_fd: Option<i32>,
-}
-
-/// How this process was started, recorded at start for USR2: the
-/// executable path resolved now (never /proc/self/exe, which names the
-/// replaced file after a package upgrade), argv and cwd.
-#[derive(Debug, Clone)]
-pub struct Invocation {
-    pub exe: PathBuf,
-    pub argv: Vec<OsString>,
-    pub cwd: PathBuf,
-}
-
-/// The start-up environment.
-#[derive(Debug, Default)]
-pub struct Environment {
-    /// Everything, as it was (for workers; filtered when used).
-    pub vars: Vec<(OsString, OsString)>,
-    pub notify_socket: Option<String>,
-    /// systemd's watchdog for the master itself.
-    pub watchdog: Option<Duration>,
-    pub journal: bool,
-    pub hooks: bool,
-    /// `LISTEN_FDS` meant for us: (fd, name).
-    pub listen_fds: Vec<(i32, String)>,
-    pub predecessor: Option<Predecessor>,
 }
 
 fn lookup(vars: &[(OsString, OsString)], k: &str) -> Option<String> {
     vars.iter()
         .find(|(n, _)| n == k)
-        .and_then(|(_, v)| v.to_str().map(str::to_string))
+        .map(|(_, v)| v.to_string_lossy().into_owned())
 }
 
-/// Splits systemd-style names (`a:b`), `unknown` for missing ones.
-fn names(list: Option<String>, n: usize) -> Vec<String> {
-    let list = list.unwrap_or_default();
-    let given: Vec<&str> = list.split(':').collect();
-    (0..n)
-        .map(|i| {
-            given
-                .get(i)
-                .filter(|s| !s.is_empty())
-                .unwrap_or(&listeners::UNNAMED)
-                .to_string()
-        })
-        .collect()
+/// The `i`-th of systemd-style names (`a:b`), `unknown` if missing.
+fn nth_name(list: Option<&str>, i: usize) -> String {
+    list.and_then(|l| l.split(':').nth(i))
+        .filter(|s| !s.is_empty())
+        .unwrap_or(listeners::UNNAMED)
+        .to_string()
 }
 
-impl Environment {
-    pub fn read() -> Environment {
-        Environment::from_vars(
-            std::env::vars_os().collect(),
-            std::process::id(),
-        )
-    }
+/// `%` and `,` escaped, so a `--bind` fits in a comma-separated list.
+fn escape(s: &str) -> String {
+    s.replace('%', "%25").replace(',', "%2C")
+}
 
-    pub fn from_vars(vars: Vec<(OsString, OsString)>, me: u32) -> Environment {
-        let get = |k: &str| lookup(&vars, k);
-        let me = me.to_string();
-        let predecessor = decode(&vars);
-        // After an upgrade systemd's WATCHDOG_PID still names the old
-        // master; the new one takes the duty over.
-        let pred = predecessor.as_ref().map(|p| p.pid.to_string());
-        let watchdog_for_me = get("WATCHDOG_PID")
-            .is_none_or(|p| p == me || Some(&p) == pred.as_ref());
-        let watchdog = get("WATCHDOG_USEC")
-            .and_then(|u| u.parse::<u64>().ok())
-            .filter(|u| *u > 0 && watchdog_for_me)
-            .map(Duration::from_micros);
-        let listen_fds = match (get("LISTEN_PID"), get("LISTEN_FDS")) {
-            (Some(pid), Some(n)) if pid == me => {
-                let n: usize = n.parse().unwrap_or(0);
-                let names = names(get("LISTEN_FDNAMES"), n);
-                (0..n).map(|i| (3 + i as i32, names[i].clone())).collect()
-            }
-            _ => Vec::new(),
+fn unescape(s: &str) -> String {
+    s.replace("%2C", ",")
+        .replace("%2c", ",")
+        .replace("%25", "%")
+}
+
+/// Reads the hand-off variables: `Ok(None)` if there are none, an error
+/// (the reason they are all ignored) if they cannot be from an old
+/// master: a pid that is no pid, listeners that are not open, a ready
+/// "pipe" that is stdio, closed or not a pipe.
+pub fn decode(
+    vars: &[(OsString, OsString)],
+    probe: &dyn Probe,
+) -> Result<Option<Predecessor>, String> {
+    let get = |k: &str| lookup(vars, k);
+    let Some(pid_text) = get(UPGRADER_PID) else {
+        return match HANDOFF.iter().find(|k| get(k).is_some()) {
+            Some(_) => Err(format!("{UPGRADER_PID} is not set")),
+            None => Ok(None),
         };
-        Environment {
-            notify_socket: get("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
-            watchdog,
-            journal: get("JOURNAL_STREAM").is_some(),
-            hooks: get(UPGRADER_TEST_HOOKS).as_deref() == Some("1"),
-            listen_fds,
-            predecessor,
-            vars,
+    };
+    let pid = pid_text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("{UPGRADER_PID}={pid_text} is not a pid"))?;
+    let fds_text = get(UPGRADER_FDS).unwrap_or_default();
+    let mut fds: Vec<i32> = Vec::new();
+    for s in fds_text.split(',').filter(|s| !s.is_empty()) {
+        let fd = s
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|&fd| fd > 2 && !fds.contains(&fd))
+            .ok_or_else(|| {
+                format!("{UPGRADER_FDS}={fds_text}: {s:?} is not a listener")
+            })?;
+        if probe.kind(fd) == FdKind::Closed {
+            return Err(format!(
+                "{UPGRADER_FDS}={fds_text}: descriptor {fd} is not open"
+            ));
         }
+        fds.push(fd);
     }
-
-    /// Takes the sockets systemd passed, or a predecessor handed on,
-    /// validated.
-    pub fn take_inherited(&mut self) -> Result<Vec<Listener>> {
-        let mut fds = std::mem::take(&mut self.listen_fds);
-        if let Some(p) = &self.predecessor {
-            fds.extend(p.fds.iter().cloned());
+    let ready_fd = match get(UPGRADER_READY_FD) {
+        None => None,
+        Some(text) => {
+            let bad = |why: &str| format!("{UPGRADER_READY_FD}={text} {why}");
+            let fd: i32 =
+                text.trim().parse().map_err(|_| bad("is not a number"))?;
+            if fd <= 2 {
+                return Err(bad("is standard input, output or error"));
+            }
+            if fds.contains(&fd) {
+                return Err(bad("is one of the listeners"));
+            }
+            match probe.kind(fd) {
+                FdKind::Pipe => Some(fd),
+                FdKind::Closed => return Err(bad("is not open")),
+                FdKind::Other => return Err(bad("is not a pipe")),
+            }
         }
-        let mut out = Vec::new();
-        for (fd, name) in fds {
-            let Some(owned) = crate::sys::adopt_inherited(fd) else {
-                bail!("inherited fd {fd} ({name}) is not open");
+    };
+    let names = get(UPGRADER_FDNAMES);
+    let binds = get(UPGRADER_BINDS);
+    let origins = get(UPGRADER_ORIGINS);
+    let field = |list: &Option<String>, i: usize| {
+        list.as_deref()
+            .and_then(|l| l.split(',').nth(i))
+            .map(unescape)
+            .filter(|s| !s.is_empty())
+    };
+    let fds = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| {
+            let handed = Handed {
+                name: nth_name(names.as_deref(), i),
+                spec: field(&binds, i).and_then(|s| s.parse().ok()),
+                // Unknown means not ours to unlink.
+                origin: match field(&origins, i).as_deref() {
+                    Some("bound") => Origin::Bound,
+                    _ => Origin::Inherited,
+                },
             };
-            // sd_listen_fds(3) sets CLOEXEC: nothing else inherits these
-            // unless we hand them on on purpose.
-            nix::fcntl::fcntl(
-                &owned,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .with_context(|| format!("inherited fd {fd}"))?;
-            out.push(listeners::adopt(owned, &name)?);
-        }
-        Ok(out)
-    }
-}
-
-/// Reads the hand-off variables, if a predecessor set them.
-pub fn decode(vars: &[(OsString, OsString)]) -> Option<Predecessor> {
-    let pid: i32 = lookup(vars, UPGRADER_PID)?.parse().ok()?;
-    let fds: Vec<i32> = lookup(vars, UPGRADER_FDS)
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
+            (fd, handed)
+        })
         .collect();
-    let names = names(lookup(vars, UPGRADER_FDNAMES), fds.len());
-    Some(Predecessor {
+    Ok(Some(Predecessor {
         pid: Pid::from_raw(pid),
-        fds: fds.into_iter().zip(names).collect(),
-        ready_fd: lookup(vars, UPGRADER_READY_FD).and_then(|s| s.parse().ok()),
-    })
+        fds,
+        ready_fd,
+    }))
 }
 
 /// The hand-off variables for a successor whose listeners will sit at
 /// fds 3.. and its ready pipe right after them.
-pub fn encode(names: &[&str], me: Pid) -> Vec<(OsString, OsString)> {
-    let n = names.len() as i32;
+pub fn encode(listeners: &[Handed], me: Pid) -> Vec<(OsString, OsString)> {
+    let n = listeners.len() as i32;
+    let join = |f: &dyn Fn(&Handed) -> String, sep: &str| -> OsString {
+        listeners.iter().map(f).collect::<Vec<_>>().join(sep).into()
+    };
     let fds: Vec<String> = (3..3 + n).map(|f| f.to_string()).collect();
     vec![
         (UPGRADER_FDS.into(), fds.join(",").into()),
-        (UPGRADER_FDNAMES.into(), names.join(":").into()),
+        (UPGRADER_FDNAMES.into(), join(&|h| h.name.clone(), ":")),
+        (
+            UPGRADER_BINDS.into(),
+            join(
+                &|h| {
+                    h.spec
+                        .as_ref()
+                        .map_or(String::new(), |s| escape(&s.to_string()))
+                },
+                ",",
+            ),
+        ),
+        (
+            UPGRADER_ORIGINS.into(),
+            join(
+                &|h| match h.origin {
+                    Origin::Bound => "bound".into(),
+                    Origin::Inherited => "inherited".into(),
+                },
+                ",",
+            ),
+        ),
         (UPGRADER_PID.into(), me.to_string().into()),
         (UPGRADER_READY_FD.into(), (3 + n).to_string().into()),
     ]
 }
 
-/// Variables a successor must not inherit from this master's own start:
-/// sockets passed to *this* process, and the hand-off of *its*
-/// predecessor. NOTIFY_SOCKET and the rest pass on.
+/// Variables no child inherits from this master's own start: sockets
+/// passed to *this* process, and the hand-off of *its* predecessor.
 pub fn is_handoff_var(name: &OsString) -> bool {
     let n = name.to_string_lossy();
-    n.starts_with("LISTEN_")
-        || [
-            UPGRADER_FDS,
-            UPGRADER_FDNAMES,
-            UPGRADER_PID,
-            UPGRADER_READY_FD,
-        ]
-        .contains(&n.as_ref())
+    n.starts_with("LISTEN_") || HANDOFF.contains(&n.as_ref())
 }
 
-/// Resolves how this process was started.
-pub fn invocation(vars: &[(OsString, OsString)]) -> Result<Invocation> {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    let cwd = std::env::current_dir().context("current directory")?;
-    let arg0 = PathBuf::from(argv.first().cloned().unwrap_or_default());
-    let exe = if arg0.as_os_str().to_string_lossy().contains('/') {
-        cwd.join(&arg0)
-    } else {
-        let path = lookup(vars, "PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .map(|d| d.join(&arg0))
-            .find(|p| p.is_file())
-            .map(|p| if p.is_absolute() { p } else { cwd.join(p) })
-            .with_context(|| format!("{} not found in PATH", arg0.display()))?
+/// Variables never handed to an exec worker from the master's own
+/// environment: systemd's (they were meant for the master) and the
+/// master's hand-off protocol.
+pub fn is_private_var(name: &OsString) -> bool {
+    let n = name.to_string_lossy();
+    n.starts_with("LISTEN_")
+        || n.starts_with("WATCHDOG_")
+        || n.starts_with("UPGRADER_")
+        || n == "NOTIFY_SOCKET"
+}
+
+/// The child a `child_env` is for.
+pub enum Child<'a> {
+    /// An exec worker: its listeners at 3.. (`names`), the master's
+    /// private notify socket, a heartbeat only with `--ready notify`.
+    Worker {
+        names: &'a [&'a str],
+        notify: &'a Path,
+        heartbeat: Option<Duration>,
+        age: u64,
+        generation: u64,
+    },
+    /// A new master (USR2): the listeners at 3.., the ready pipe after
+    /// them; `watchdog` if this master pings systemd's watchdog (the
+    /// duty goes to the new one).
+    Successor {
+        listeners: &'a [Handed],
+        me: Pid,
+        watchdog: bool,
+    },
+}
+
+/// A child's environment, built (never edited): the variables, and the
+/// names of those whose value is the child's own pid, which only the
+/// forked child knows (`sys::ExecImage` writes them before execve).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChildEnv {
+    pub vars: Vec<(OsString, OsString)>,
+    pub pid_vars: Vec<&'static str>,
+}
+
+/// The one place a child's environment is made: the master's start-up
+/// environment less what was meant for the master alone, plus what this
+/// child needs.
+pub fn child_env(
+    base: &[(OsString, OsString)],
+    child: &Child<'_>,
+) -> ChildEnv {
+    let mut pid_vars = Vec::new();
+    let mut vars: Vec<(OsString, OsString)>;
+    let set = |vars: &mut Vec<_>, k: &str, v: String| {
+        vars.push((OsString::from(k), OsString::from(v)));
     };
-    Ok(Invocation { exe, argv, cwd })
+    match child {
+        Child::Worker {
+            names,
+            notify,
+            heartbeat,
+            age,
+            generation,
+        } => {
+            vars = base
+                .iter()
+                .filter(|(k, _)| !is_private_var(k))
+                .cloned()
+                .collect();
+            set(&mut vars, "LISTEN_FDS", names.len().to_string());
+            set(&mut vars, "LISTEN_FDNAMES", names.join(":"));
+            set(&mut vars, "NOTIFY_SOCKET", notify.display().to_string());
+            pid_vars.push("LISTEN_PID");
+            if let Some(t) = heartbeat {
+                set(&mut vars, "WATCHDOG_USEC", t.as_micros().to_string());
+                pid_vars.push("WATCHDOG_PID");
+            }
+            set(&mut vars, "UPGRADER_WORKER_AGE", age.to_string());
+            set(&mut vars, "UPGRADER_GENERATION", generation.to_string());
+        }
+        Child::Successor {
+            listeners,
+            me,
+            watchdog,
+        } => {
+            vars = base
+                .iter()
+                .filter(|(k, _)| !is_handoff_var(k))
+                .filter(|(k, _)| !(*watchdog && k == "WATCHDOG_PID"))
+                .cloned()
+                .collect();
+            vars.extend(encode(listeners, *me));
+            if *watchdog {
+                pid_vars.push("WATCHDOG_PID");
+            }
+        }
+    }
+    ChildEnv { vars, pid_vars }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
-    }
-
-    #[test]
-    fn encode_decode_round_trip() {
-        let enc = encode(&["http", "admin"], Pid::from_raw(4242));
-        let p = decode(&enc).unwrap();
-        assert_eq!(p.pid, Pid::from_raw(4242));
-        assert_eq!(p.fds, [(3, "http".into()), (4, "admin".into())]);
-        assert_eq!(p.ready_fd, Some(5));
-    }
-
-    #[test]
-    fn no_predecessor_without_pid() {
-        assert_eq!(decode(&vars(&[("UPGRADER_FDS", "3")])), None);
-    }
-
-    #[test]
-    fn listen_fds_only_for_our_pid() {
-        let e = Environment::from_vars(
-            vars(&[
-                ("LISTEN_PID", "77"),
-                ("LISTEN_FDS", "2"),
-                ("LISTEN_FDNAMES", "a"),
-            ]),
-            77,
-        );
-        assert_eq!(e.listen_fds, [(3, "a".into()), (4, "unknown".into())]);
-        let e = Environment::from_vars(
-            vars(&[("LISTEN_PID", "78"), ("LISTEN_FDS", "2")]),
-            77,
-        );
-        assert!(e.listen_fds.is_empty());
-    }
-
-    #[test]
-    fn watchdog_follows_the_main_pid() {
-        let w = |pid: &str| {
-            Environment::from_vars(
-                vars(&[
-                    ("WATCHDOG_USEC", "2000000"),
-                    ("WATCHDOG_PID", pid),
-                    ("UPGRADER_PID", "10"),
-                ]),
-                77,
-            )
-            .watchdog
-        };
-        assert_eq!(w("77"), Some(Duration::from_secs(2)));
-        assert_eq!(w("10"), Some(Duration::from_secs(2)), "predecessor's");
-        assert_eq!(w("11"), None);
-    }
-
-    #[test]
-    fn handoff_vars_are_not_inherited() {
-        for v in ["LISTEN_FDS", "UPGRADER_PID", "UPGRADER_READY_FD"] {
-            assert!(is_handoff_var(&v.into()), "{v}");
-        }
-        for v in ["NOTIFY_SOCKET", "PATH", "UPGRADER_TEST_HOOKS"] {
-            assert!(!is_handoff_var(&v.into()), "{v}");
-        }
-    }
-}
+mod tests;

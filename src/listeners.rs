@@ -11,14 +11,14 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
     SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
 };
 
@@ -219,6 +219,14 @@ fn errno_text(e: nix::Error) -> String {
     e.desc().to_string()
 }
 
+/// The OS reason alone, without std's "(os error N)".
+fn io_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
 fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
@@ -249,9 +257,20 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn listen(fd: &OwnedFd, backlog: i32) -> Result<(), String> {
-    let backlog = Backlog::new(backlog).map_err(errno_text)?;
-    socket::listen(fd, backlog).map_err(errno_text)
+/// listen(2); a backlog above `net.core.somaxconn` is capped by the
+/// kernel (and warned about once at start, see `backlog_cap`).
+pub fn listen(fd: &OwnedFd, backlog: i32) -> Result<(), String> {
+    crate::sys::listen(fd.as_fd(), backlog).map_err(errno_text)
+}
+
+/// The kernel's limit on a listen backlog (`net.core.somaxconn`), if it
+/// can be read.
+pub fn backlog_cap() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
@@ -268,13 +287,13 @@ fn bind_unix(path: &Path, opts: BindOptions) -> Result<OwnedFd, String> {
     if let Some(mode) = opts.unix_mode {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {mode:o}: {e}"))?;
+            .map_err(|e| format!("chmod {mode:o}: {}", io_text(&e)))?;
     }
     if let (uid, gid) = opts.unix_owner
         && (uid.is_some() || gid.is_some())
     {
         std::os::unix::fs::chown(path, uid, gid)
-            .map_err(|e| format!("chown: {e}"))?;
+            .map_err(|e| format!("chown: {}", io_text(&e)))?;
     }
     listen(&fd, opts.backlog)?;
     Ok(fd)
@@ -289,10 +308,37 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
     if !meta.file_type().is_socket() {
         return Err("Address already in use (not a socket)".into());
     }
-    if UnixStream::connect(path).is_ok() {
-        return Err("Address already in use (a server is listening)".into());
+    match probe_unix(path) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => {
+            Err("Address already in use (a server is listening)".into())
+        }
+        Err(Errno::ECONNREFUSED) => std::fs::remove_file(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| format!("remove stale socket: {}", io_text(&e))),
+        // Gone since the look: nothing to remove.
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!(
+            "Address already in use (cannot tell whether a server listens: \
+             {})",
+            e.desc()
+        )),
     }
-    std::fs::remove_file(path).map_err(|e| format!("remove stale: {e}"))
+}
+
+/// A non-blocking connect to a unix socket path: a server whose backlog
+/// is full answers EAGAIN at once, where a blocking connect would wait
+/// for it to accept (unix(7)), and the master would hang at start.
+fn probe_unix(path: &Path) -> Result<(), Errno> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)
 }
 
 /// The address a socket is bound to.
@@ -339,13 +385,19 @@ pub fn adopt(fd: OwnedFd, name: &str) -> Result<Listener> {
     })
 }
 
-/// Opens the listeners a configuration asks for: inherited sockets are
-/// matched to `--bind` entries by name (`systemd:NAME`), by number
-/// (`fd:N`) or by address; the rest are bound. With no `--bind`, every
-/// inherited socket is served; with neither, the default address.
+/// Opens the listeners a configuration asks for. Inherited sockets are
+/// matched to `--bind` entries: first a predecessor's by the `--bind` it
+/// was opened for (handed over with it: `fd:7` is at descriptor 3 in a
+/// new master, `http=systemd:web` is named `http` there), then by name
+/// (`systemd:NAME`), number (`fd:N`, only for descriptors passed to
+/// this process as they are) or address; the rest are bound. With no
+/// `--bind`, every inherited socket is served; with neither, the default
+/// address. `successor`: the inherited sockets come from an old master,
+/// renumbered, and no other descriptor was passed.
 pub fn open_all(
     specs: &[BindSpec],
     mut inherited: Vec<Listener>,
+    successor: bool,
     opts: BindOptions,
 ) -> Result<Vec<Listener>> {
     if specs.is_empty() && !inherited.is_empty() {
@@ -357,18 +409,36 @@ pub fn open_all(
     } else {
         specs
     };
+    // Handed-over specs first, for every entry, so a fallback match of
+    // one entry cannot take the socket handed over for a later one.
+    let mut found: Vec<Option<Listener>> = specs
+        .iter()
+        .map(|spec| {
+            let i = inherited
+                .iter()
+                .position(|l| l.spec.as_ref() == Some(spec))?;
+            Some(inherited.remove(i))
+        })
+        .collect();
     let mut out = Vec::with_capacity(specs.len());
-    for spec in specs {
-        // An exact match first; then `:0` takes an inherited socket on
+    for (spec, handed) in specs.iter().zip(&mut found) {
+        // Then an exact match; then `:0` takes an inherited socket on
         // the same address (a successor re-reads the same `--bind
         // 127.0.0.1:0` that gave its predecessor a kernel-chosen port).
-        let found = inherited
-            .iter()
-            .position(|l| matches(spec, l))
-            .or_else(|| inherited.iter().position(|l| any_port(spec, l)));
-        let mut l = match found {
-            Some(i) => inherited.remove(i),
+        let matched = handed.take().or_else(|| {
+            let find =
+                |f: &dyn Fn(&Listener) -> bool| inherited.iter().position(f);
+            let i = find(&|l| opened_for(spec, l))
+                .or_else(|| find(&|l| matches(spec, l, !successor)))
+                .or_else(|| find(&|l| any_port(spec, l)))?;
+            Some(inherited.remove(i))
+        });
+        let mut l = match matched {
+            Some(l) => l,
             None => match &spec.addr {
+                Addr::Fd(n) if successor => bail!(
+                    "bind fd:{n}: the old master handed over no such socket"
+                ),
                 Addr::Fd(n) => {
                     let fd =
                         crate::sys::adopt_inherited(*n).ok_or_else(|| {
@@ -383,8 +453,10 @@ pub fn open_all(
                 _ => bind(spec, opts)?,
             },
         };
-        if let Some(n) = &spec.name {
-            l.name = n.clone();
+        // `systemd:NAME` names it NAME, even a socket an old master
+        // served under another name.
+        if spec.name.is_some() || matches!(spec.addr, Addr::Systemd(_)) {
+            l.name = spec.name().to_string();
         }
         l.spec = Some(spec.clone());
         out.push(l);
@@ -414,9 +486,11 @@ pub fn reconcile(
     }
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let kept = current
-            .iter()
-            .find(|l| l.spec.as_ref() == Some(spec) || matches(spec, l));
+        let find =
+            |f: &dyn Fn(&Listener) -> bool| current.iter().find(|l| f(l));
+        let kept = find(&|l| l.spec.as_ref() == Some(spec))
+            .or_else(|| find(&|l| opened_for(spec, l)))
+            .or_else(|| find(&|l| matches(spec, l, false)));
         match kept {
             Some(l) => out.push(Rc::clone(l)),
             None => out.push(Rc::new(bind(spec, opts)?)),
@@ -442,10 +516,22 @@ fn any_port(spec: &BindSpec, l: &Listener) -> bool {
     }
 }
 
-fn matches(spec: &BindSpec, l: &Listener) -> bool {
+/// Whether `l` was opened for the same `fd:N` or `systemd:NAME` as
+/// `spec` asks for, perhaps under another name (an old master's
+/// listeners carry the `--bind` they were opened for).
+fn opened_for(spec: &BindSpec, l: &Listener) -> bool {
+    matches!(spec.addr, Addr::Fd(_) | Addr::Systemd(_))
+        && l.spec.as_ref().is_some_and(|s| s.addr == spec.addr)
+}
+
+/// Whether `l` is the socket `spec` asks for by its systemd name (only
+/// a socket not yet renamed by a `--bind`), address or, if `by_number`
+/// (descriptors passed as they are, not renumbered by a predecessor),
+/// number.
+fn matches(spec: &BindSpec, l: &Listener, by_number: bool) -> bool {
     match &spec.addr {
-        Addr::Systemd(name) => &l.name == name,
-        Addr::Fd(n) => l.raw() == *n,
+        Addr::Systemd(name) => l.spec.is_none() && &l.name == name,
+        Addr::Fd(n) => by_number && l.raw() == *n,
         Addr::Tcp(a) => l.local == Addr::Tcp(*a),
         Addr::Unix(p) => l.local == Addr::Unix(p.clone()),
     }
@@ -500,6 +586,65 @@ mod tests {
         assert!("unix:".parse::<BindSpec>().is_err());
         assert!("nonsense".parse::<BindSpec>().is_err());
         assert!("systemd:a:b".parse::<BindSpec>().is_err());
+    }
+
+    /// A real socket as a predecessor would hand it over: opened for
+    /// `handed`, named `name`.
+    fn handed(name: &str, handed: &str) -> Listener {
+        let mut l = bind(&spec("127.0.0.1:0"), opts()).unwrap();
+        l.name = name.into();
+        l.spec = Some(spec(handed));
+        l.origin = Origin::Inherited;
+        l
+    }
+
+    fn opts() -> BindOptions {
+        BindOptions {
+            backlog: 16,
+            reuse_port: false,
+            unix_mode: None,
+            unix_owner: (None, None),
+        }
+    }
+
+    #[test]
+    fn a_successor_finds_its_sockets_by_the_bind_they_were_opened_for() {
+        let swapped = || {
+            vec![
+                handed("admin", "admin=systemd:web"),
+                handed("web", "web=systemd:admin"),
+            ]
+        };
+        let ports = |ls: &[Listener]| -> Vec<Addr> {
+            ls.iter().map(|l| l.local.clone()).collect()
+        };
+        // The same configuration: each by its own --bind.
+        let inherited = swapped();
+        let want = ports(&inherited);
+        let specs = [spec("admin=systemd:web"), spec("web=systemd:admin")];
+        let got = open_all(&specs, inherited, true, opts()).unwrap();
+        assert_eq!(ports(&got), want);
+        // Another configuration: `systemd:admin` is the socket opened
+        // for it, not the one a --bind renamed "admin".
+        let inherited = swapped();
+        let admin = inherited[1].local.clone();
+        let got = open_all(&[spec("systemd:admin")], inherited, true, opts())
+            .unwrap();
+        assert_eq!(
+            (got[0].local.clone(), got[0].name.as_str()),
+            (admin, "admin")
+        );
+        // fd:N: by the handed-over spec, never by number in a successor.
+        let inherited = vec![handed("unknown", "fd:20")];
+        let want = inherited[0].local.clone();
+        let got =
+            open_all(&[spec("x=fd:20")], inherited, true, opts()).unwrap();
+        assert_eq!((got[0].local.clone(), got[0].name.as_str()), (want, "x"));
+        let e = open_all(&[spec("fd:21")], vec![], true, opts()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bind fd:21: the old master handed over no such socket"
+        );
     }
 
     #[test]

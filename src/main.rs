@@ -49,10 +49,17 @@ fn runtime(error: anyhow::Error) -> Failure {
 }
 
 fn main() -> ExitCode {
-    let env = handoff::Environment::read();
+    // --help and --version never look at the environment.
     let cli = match Options::try_parse() {
         Ok(c) => c,
         Err(e) => return clap_exit(e),
+    };
+    let env = match handoff::Environment::read() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("upgrader: error: {e:#}");
+            return ExitCode::from(2);
+        }
     };
     // A new master (USR2) that fails to start tells its predecessor why
     // on the ready pipe, so the upgrade is reported with its cause.
@@ -167,8 +174,7 @@ fn control_command(verb: &str, cli: &Options) -> Result<u8, Failure> {
 fn started_by_upgrade(env: &handoff::Environment) -> bool {
     env.predecessor
         .as_ref()
-        .and_then(|p| p.ready_fd)
-        .is_some_and(|fd| fd > 2 && sys::is_open_pipe(fd))
+        .is_some_and(|p| p.ready_fd.is_some())
 }
 
 fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
@@ -198,6 +204,18 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
         .map_err(usage)?;
     let role = master::role_label(env.predecessor.is_some());
     logging::set_role(format!("{role}[{}]", std::process::id()));
+    for w in &env.warnings {
+        log::warn!("{w}");
+    }
+    if let Some(cap) = listeners::backlog_cap()
+        && cfg.bind_options.backlog > cap
+    {
+        log::warn!(
+            "--backlog {}: the kernel caps it at {cap} \
+             (net.core.somaxconn)",
+            cfg.bind_options.backlog
+        );
+    }
     // Held for the master's whole life; a new master of a USR2 takes the
     // lock over at its promotion instead (its predecessor holds it now).
     let pidlock = match &cfg.pidfile {
@@ -231,9 +249,13 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     let signals =
         signals::block_into_fd(&signals::HANDLED).map_err(runtime)?;
     let inherited = env.take_inherited().map_err(runtime)?;
-    let listeners =
-        listeners::open_all(&cfg.binds, inherited, cfg.bind_options)
-            .map_err(runtime)?;
+    let listeners = listeners::open_all(
+        &cfg.binds,
+        inherited,
+        env.predecessor.is_some(),
+        cfg.bind_options,
+    )
+    .map_err(runtime)?;
     let master = master::Master::new(master::Parts {
         cli,
         facts,

@@ -166,42 +166,25 @@ fn drop_privileges(c: &Credentials) -> Result<()> {
     Ok(())
 }
 
-/// Variables never handed to an exec worker from the master's own
-/// environment: systemd's (they were meant for the master) and the
-/// master's hand-off protocol.
-pub fn is_private_var(name: &OsStr) -> bool {
-    let n = name.as_bytes();
-    n.starts_with(b"LISTEN_")
-        || n.starts_with(b"WATCHDOG_")
-        || n.starts_with(b"UPGRADER_")
-        || n == b"NOTIFY_SOCKET"
-}
-
-/// The environment of an exec worker, built (never edited), without
-/// the pid variables the child fills in itself.
+/// The environment of an exec worker (`handoff::child_env`), with the
+/// pid variables the child fills in itself.
 pub fn exec_env(
     ctx: &Setup<'_>,
     age: u64,
     generation: u64,
-) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = ctx
-        .base_env
-        .iter()
-        .filter(|(k, _)| !is_private_var(k))
-        .cloned()
-        .collect();
+) -> crate::handoff::ChildEnv {
     let names: Vec<&str> =
         ctx.listeners.iter().map(|(n, _)| n.as_str()).collect();
-    let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
-    set("LISTEN_FDS", ctx.listeners.len().to_string());
-    set("LISTEN_FDNAMES", names.join(":"));
-    set("NOTIFY_SOCKET", ctx.notify.display().to_string());
-    if let Some(t) = ctx.config.timeout {
-        set("WATCHDOG_USEC", t.as_micros().to_string());
-    }
-    set("UPGRADER_WORKER_AGE", age.to_string());
-    set("UPGRADER_GENERATION", generation.to_string());
-    env
+    crate::handoff::child_env(
+        ctx.base_env,
+        &crate::handoff::Child::Worker {
+            names: &names,
+            notify: ctx.notify,
+            heartbeat: ctx.config.timeout,
+            age,
+            generation,
+        },
+    )
 }
 
 /// `program` as execve needs it: a path with a slash is taken from the
@@ -313,18 +296,18 @@ fn spawn_exec(
         anyhow::bail!("at most {} listeners", sys::MAX_LISTENERS);
     }
     let env = exec_env(ctx, age, generation);
-    let path = resolve(program, &env);
+    let path = resolve(program, &env.vars);
     let mut argv = vec![cstring(program.as_os_str())?];
     for a in args {
         argv.push(cstring(OsStr::new(a))?);
     }
-    let envp = envp(&env)?;
-    let mut pid_vars = vec!["LISTEN_PID"];
-    if ctx.config.timeout.is_some() {
-        pid_vars.push("WATCHDOG_PID");
-    }
-    let mut image =
-        sys::ExecImage::new(cstring(path.as_os_str())?, argv, envp, &pid_vars);
+    let envp = envp(&env.vars)?;
+    let mut image = sys::ExecImage::new(
+        cstring(path.as_os_str())?,
+        argv,
+        envp,
+        &env.pid_vars,
+    );
     let (out_r, out_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
     let (err_r, err_w) =
@@ -541,24 +524,6 @@ fn parent_of(stat: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_vars_never_leak() {
-        for v in [
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "LISTEN_FDNAMES",
-            "LISTEN_PIDFDID",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "WATCHDOG_PID",
-            "UPGRADER_FDS",
-            "UPGRADER_PID",
-        ] {
-            assert!(is_private_var(OsStr::new(v)), "{v}");
-        }
-        assert!(!is_private_var(OsStr::new("PATH")));
-    }
 
     #[test]
     fn children_by_scan_finds_a_child() {

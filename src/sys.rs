@@ -625,17 +625,28 @@ fn without_sigpipe(
     }
 }
 
-/// Whether the descriptor number `raw` is open and a pipe or FIFO (the
-/// ready pipe of a USR2 hand-off; the number is only examined).
-pub fn is_open_pipe(raw: RawFd) -> bool {
+/// The file type bits (`S_IFMT` of `st_mode`) of the descriptor number
+/// `raw`, or `None` if it is not open: how an inherited number is
+/// examined before anything trusts it (a `UPGRADER_READY_FD` of 2 would
+/// otherwise be the master's own stderr, closed once "ready").
+pub fn file_type(raw: RawFd) -> Option<nix::libc::mode_t> {
     use nix::libc;
     // SAFETY: fstat fills a local struct and fails with EBADF on a number
-    // that is not open; it takes no ownership.
+    // that is not open; it takes no ownership of the descriptor.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(raw, &mut st) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        (libc::fstat(raw, &mut st) == 0).then_some(st.st_mode & libc::S_IFMT)
     }
+}
+
+/// listen(2) with any backlog: the kernel caps it at
+/// `net.core.somaxconn` itself (nix's `Backlog::new` refuses anything
+/// above the C library's SOMAXCONN, 4096, with EINVAL, even where the
+/// sysctl allows more).
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> nix::Result<()> {
+    // SAFETY: a plain system call on a borrowed, open descriptor.
+    let r = unsafe { nix::libc::listen(fd.as_raw_fd(), backlog) };
+    Errno::result(r).map(|_| ())
 }
 
 /// Borrows a descriptor that stays open for the rest of the process's

@@ -377,16 +377,17 @@ impl Master {
             0 => "a worker".to_string(),
             _ => format!("one of {}", suspects.join(", ")),
         };
-        let restored = socket::Backlog::new(self.cfg.bind_options.backlog)
-            .and_then(|b| socket::listen(&l.fd, b))
-            .map_err(|e| e.desc().to_string())
-            .and_then(|()| match crate::listeners::local_addr(l.fd.as_fd()) {
-                Ok(a) if a == l.local => Ok(()),
-                Ok(a) => {
-                    Err(format!("the kernel released its port (now {a})"))
-                }
-                Err(e) => Err(format!("{e:#}")),
-            });
+        let restored =
+            crate::listeners::listen(&l.fd, self.cfg.bind_options.backlog)
+                .and_then(|()| {
+                    match crate::listeners::local_addr(l.fd.as_fd()) {
+                        Ok(a) if a == l.local => Ok(()),
+                        Ok(a) => Err(format!(
+                            "the kernel released its port (now {a})"
+                        )),
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                });
         match restored {
             Ok(()) => log::warn!(
                 "listener {} ({}) stopped listening: {by} called shutdown() \

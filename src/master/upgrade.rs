@@ -12,7 +12,6 @@
 //!
 //! The new master's side is in `successor`.
 
-use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -80,16 +79,20 @@ impl Master {
     /// Forks and execs the new master.
     fn reexec(&mut self) -> Result<()> {
         let inv = &self.invocation;
-        let names: Vec<&str> =
-            self.listeners.iter().map(|l| l.name.as_str()).collect();
-        let mut env: Vec<(OsString, OsString)> = self
-            .base_env
+        let handed: Vec<handoff::Handed> = self
+            .listeners
             .iter()
-            .filter(|(k, _)| !handoff::is_handoff_var(k))
-            .cloned()
+            .map(|l| handoff::Handed::of(l))
             .collect();
-        env.extend(handoff::encode(&names, self.me));
-        let envp = crate::spawn::envp(&env)?;
+        let env = handoff::child_env(
+            &self.base_env,
+            &handoff::Child::Successor {
+                listeners: &handed,
+                me: self.me,
+                watchdog: self.watchdog.is_some(),
+            },
+        );
+        let envp = crate::spawn::envp(&env.vars)?;
         let argv = inv
             .argv
             .iter()
@@ -99,7 +102,7 @@ impl Master {
             crate::spawn::cstring(inv.exe.as_os_str())?,
             argv,
             envp,
-            &[],
+            &env.pid_vars,
         )
         .for_successor(crate::spawn::cstring(inv.cwd.as_os_str())?);
         let (ready_r, ready_w) =

@@ -208,6 +208,7 @@ pub struct Builder {
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    pass: Vec<std::os::fd::RawFd>,
     dir: TempDir,
 }
 
@@ -243,6 +244,15 @@ impl Builder {
         self
     }
 
+    /// Leaves the test's descriptor `fd` open in the started process at
+    /// the same number, as a supervisor passes a socket (`--bind
+    /// fd:N`): its close-on-exec flag is cleared in the forked child
+    /// only, so no other test's child inherits it.
+    pub fn pass_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.pass.push(fd);
+        self
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir.0
     }
@@ -266,6 +276,21 @@ impl Builder {
         }
         if self.no_notify {
             cmd.env_remove("NOTIFY_SOCKET");
+        }
+        if !self.pass.is_empty() {
+            let pass = self.pass.clone();
+            // SAFETY: between fork and exec the closure only calls
+            // fcntl(2), which is async-signal-safe, on plain numbers.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &pass {
+                        if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn upgrader");
         let log = Arc::new(Lines::default());
@@ -314,6 +339,7 @@ pub fn upgrader() -> Builder {
         program: BIN.into(),
         args: Vec::new(),
         env: Vec::new(),
+        pass: Vec::new(),
         dir: TempDir::new(),
     }
 }

@@ -17,6 +17,10 @@ mod control;
 mod exec;
 /// Worker failures: boot failure, crash, backoff, timeouts.
 mod failures;
+/// The hand-off under faults: USR2 with `fd:N` and renamed systemd
+/// sockets, unix socket ownership, garbage in the environment, odd
+/// backlogs, a stale-socket probe against a full backlog.
+mod faults_handoff;
 /// The master under faults and odd orders.
 mod faults_master;
 /// The operator's side under faults: a dead or stalled stderr, a full
