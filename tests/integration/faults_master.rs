@@ -480,3 +480,61 @@ fn a_listener_an_app_shut_down_is_restored() {
         get_ok(&bind, "/");
     }
 }
+
+/// `--max-requests`, `--max-requests-jitter` and `--client-timeout` were
+/// accepted with `--exec` and silently did nothing: each is named in a
+/// warning at start, as `--timeout` is.
+#[test]
+fn built_in_only_options_are_warned_about_with_exec() {
+    let u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--ready", "delay:0.1"])
+        .args(["--max-requests", "10", "--max-requests-jitter", "2"])
+        .args(["--client-timeout", "3"])
+        .args(["--exec", "sleep", "600"])
+        .start();
+    u.log.wait_from(0, &["serving: generation 1"], LONG);
+    for what in [
+        "--max-requests",
+        "--max-requests-jitter",
+        "--client-timeout",
+    ] {
+        let line =
+            format!("{what} is ignored: it applies to built-in workers only");
+        u.log.wait_from(0, &[line.as_str()], LONG);
+    }
+}
+
+/// Workers flooding the notify socket kept the master draining it: its
+/// other events (a control client, a HUP) waited for the flood to pause.
+/// A drain is bounded per wake now.
+#[test]
+fn workers_flooding_the_notify_socket_do_not_starve_the_master() {
+    let dir = TempDir::new();
+    let app = dir.path("flood.py");
+    // READY=1, then WATCHDOG=1 as fast as it can for at most 30 s.
+    let flood = "import time\nend = time.monotonic() + 30\n\
+                 while time.monotonic() < end:\n    \
+                 for _ in range(1000):\n        \
+                 try: s.sendto(b'WATCHDOG=1', os.environ['NOTIFY_SOCKET'])\n        \
+                 except BlockingIOError: pass\n";
+    let body =
+        notifier(&["READY=1"], &format!("s.setblocking(False)\n{flood}"));
+    std::fs::write(&app, body).unwrap();
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "--ready", "notify", "-w", "2"])
+        .args(["-p", "u.pid"])
+        .args(["--exec", "python3", app.to_str().unwrap()])
+        .start();
+    u.ready();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (rc, out) =
+            s(&u.dir.0, &["status", "--pid", "u.pid", "--wait", "5"]);
+        assert_eq!(rc, 0, "{out}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "status took {:?} under the flood",
+            t.elapsed()
+        );
+    }
+}
