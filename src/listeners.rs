@@ -420,6 +420,14 @@ pub fn open_all(
             Some(inherited.remove(i))
         })
         .collect();
+    // Descriptor numbers some `Listener` already owns or will own: a
+    // `fd:N` outside them is adopted, one inside is refused (two owners
+    // of one number would close it twice).
+    let mut owned: Vec<RawFd> = inherited
+        .iter()
+        .chain(found.iter().flatten())
+        .map(Listener::raw)
+        .collect();
     let mut out = Vec::with_capacity(specs.len());
     for (spec, handed) in specs.iter().zip(&mut found) {
         // Then an exact match; then `:0` takes an inherited socket on
@@ -439,11 +447,22 @@ pub fn open_all(
                 Addr::Fd(n) if successor => bail!(
                     "bind fd:{n}: the old master handed over no such socket"
                 ),
+                Addr::Fd(n) if owned.contains(n) => bail!(
+                    "bind fd:{n}: that descriptor is already served by \
+                     another --bind"
+                ),
                 Addr::Fd(n) => {
-                    let fd =
-                        crate::sys::adopt_inherited(*n).ok_or_else(|| {
-                            anyhow!("bind fd:{n}: descriptor is not open")
-                        })?;
+                    // SAFETY: the operator passed fd N to this process to
+                    // serve; no listener owns it (checked above) and it is
+                    // recorded below, so it is adopted once. Nothing else
+                    // the master opened exists yet, bar the log file, which
+                    // `adopt` refuses (not a listening socket).
+                    #[allow(unsafe_code)]
+                    let fd = unsafe { crate::sys::adopt_inherited(*n) };
+                    let fd = fd.ok_or_else(|| {
+                        anyhow!("bind fd:{n}: descriptor is not open")
+                    })?;
+                    owned.push(*n);
                     let mut l = adopt(fd, spec.name())
                         .with_context(|| format!("bind fd:{n}"))?;
                     // fd:N was ours to take but not ours to unlink.

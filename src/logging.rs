@@ -144,8 +144,7 @@ impl Sink {
     fn fd(&self) -> BorrowedFd<'_> {
         match &self.file {
             Some(f) => f.as_fd(),
-            // fd 2 is never closed by this program.
-            None => crate::sys::borrow_forever(2),
+            None => stderr(),
         }
     }
 
@@ -225,10 +224,14 @@ impl Write for Sink {
 /// dead or stalled pipe.
 pub fn stderr_line(text: &str) {
     let line = format!("{}\n", plain(text));
-    let _ = crate::sys::write_nowait(
-        crate::sys::borrow_forever(2),
-        line.as_bytes(),
-    );
+    let _ = crate::sys::write_nowait(stderr(), line.as_bytes());
+}
+
+fn stderr() -> BorrowedFd<'static> {
+    // SAFETY: fd 2 is never closed by this program.
+    #[allow(unsafe_code)]
+    let fd = unsafe { crate::sys::borrow_forever(2) };
+    fd
 }
 
 /// Text for an operator: Rust's io::Error appends "(os error N)" to the
@@ -298,8 +301,11 @@ pub fn reopen() -> Result<()> {
         return Ok(());
     };
     let f = open(path)?;
-    crate::sys::replace_fd(f.as_fd(), *fd)
-        .with_context(|| format!("reopen log file {}", path.display()))?;
+    // SAFETY: `fd` is the log file's own number, owned by `FILE` for the
+    // process's life; its writers want whatever file is under it now.
+    #[allow(unsafe_code)]
+    let swapped = unsafe { crate::sys::replace_fd(f.as_fd(), *fd) };
+    swapped.with_context(|| format!("reopen log file {}", path.display()))?;
     log::info!("reopened log file {}", path.display());
     Ok(())
 }

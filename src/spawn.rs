@@ -388,7 +388,12 @@ fn keeper(
     drop(output);
     let mut keep = listeners.to_vec();
     keep.push(errors.as_raw_fd());
-    sys::close_fds_except(&keep);
+    // SAFETY: the freshly forked keeper, before it serves or execs: the
+    // master's descriptors it closes are never used in this process.
+    #[allow(unsafe_code)]
+    unsafe {
+        sys::close_fds_except(&mut keep)
+    };
     // Everything is blocked (become_worker): the master signals the
     // whole group, and those signals are meant for the app; the keeper
     // only waits.

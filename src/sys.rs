@@ -63,16 +63,20 @@ pub fn accept(listener: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
 /// Takes ownership of a descriptor this process inherited (systemd's
 /// `LISTEN_FDS`, a predecessor's `UPGRADER_FDS`).
 ///
-/// Returns `None` unless `raw` is an open descriptor, so a wrong count in
-/// the environment cannot make two owners of one number.
-pub fn adopt_inherited(raw: RawFd) -> Option<OwnedFd> {
+/// Returns `None` unless `raw` is an open descriptor.
+///
+/// # Safety
+///
+/// `raw` must be a descriptor nothing else in this process owns or will
+/// close (one handed over by the parent), and each number must be
+/// adopted once: the returned `OwnedFd` closes it when dropped.
+pub unsafe fn adopt_inherited(raw: RawFd) -> Option<OwnedFd> {
     // F_GETFD fails with EBADF on a closed descriptor.
     // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
     if unsafe { nix::libc::fcntl(raw, nix::libc::F_GETFD) } < 0 {
         return None;
     }
-    // SAFETY: the descriptor is open, and it was handed to this process
-    // by its parent for it to own; the caller takes each number once.
+    // SAFETY: open, and unowned by the caller's contract.
     Some(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
@@ -145,12 +149,21 @@ pub fn reset_all_dispositions() {
 /// (close_range(2), Linux 5.9+). Used in forked workers so they do not
 /// hold the master's private descriptors (signalfd, notify socket,
 /// other workers' pipes).
-pub fn close_fds_except(keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> =
-        keep.iter().copied().filter(|&f| f > 2).collect();
+///
+/// # Safety
+///
+/// Every `OwnedFd`, `File` or socket of this process numbered 3 or more
+/// and not in `keep` is closed under its owner, which must never use or
+/// close it again: call it only in a freshly forked child, before it
+/// execs or starts serving, and async-signal-safe (no allocation:
+/// `keep` is sorted in place).
+pub unsafe fn close_fds_except(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut from: u32 = 3;
-    for fd in keep {
+    for &mut fd in keep {
+        if fd < 3 {
+            continue;
+        }
         let fd = fd as u32;
         if fd > from {
             close_range(from, fd - 1, 0);
@@ -178,9 +191,18 @@ fn close_range(first: u32, last: u32, flags: c_int) {
 /// which stays owned by whoever owns it now (the log file fern writes
 /// to: reopening the log swaps the file under the same number,
 /// atomically).
-pub fn replace_fd(src: BorrowedFd<'_>, target: RawFd) -> nix::Result<()> {
-    // SAFETY: dup3 with plain integers; `target` remains open and owned
-    // by its current owner, it only refers to a new file afterwards.
+///
+/// # Safety
+///
+/// `target` must be an open descriptor whose owner expects the file
+/// under it to change (it must not rely on which file it refers to), or
+/// a number nothing owns: dup3 silently closes what was there.
+pub unsafe fn replace_fd(
+    src: BorrowedFd<'_>,
+    target: RawFd,
+) -> nix::Result<()> {
+    // SAFETY: dup3 with plain integers; by the contract, `target` stays
+    // with its owner and only refers to a new file afterwards.
     let r = unsafe {
         nix::libc::dup3(src.as_raw_fd(), target, nix::libc::O_CLOEXEC)
     };
@@ -650,10 +672,14 @@ pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> nix::Result<()> {
 }
 
 /// Borrows a descriptor that stays open for the rest of the process's
-/// life (a worker's inherited listeners).
-pub fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass descriptors inherited at fork that nothing in
-    // the process closes before it exits.
+/// life (a worker's inherited listeners, stderr).
+///
+/// # Safety
+///
+/// `fd` must be open and nothing in the process may close it before the
+/// process exits (the borrow is `'static`).
+pub unsafe fn borrow_forever(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: open for the rest of the process, by the contract.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 

@@ -67,7 +67,12 @@ pub fn run(p: Params) -> ! {
     crate::logging::set_role(crate::pool::role(me, p.generation, p.age));
     let mut keep = p.listeners.clone();
     keep.extend(crate::logging::file_fd());
-    sys::close_fds_except(&keep);
+    // SAFETY: the freshly forked worker, before it serves: the master's
+    // descriptors it closes are never used in this process.
+    #[allow(unsafe_code)]
+    unsafe {
+        sys::close_fds_except(&mut keep)
+    };
     // A panic must end this process here: unwinding would return into
     // the master's loop, in the child, and make a second master. (The
     // release profile aborts on panic anyway; this covers debug builds.)
@@ -300,9 +305,12 @@ fn handle_signals(signals: &SignalFd, notify: &Notifier) -> bool {
 }
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
-    // The listener descriptors are inherited from the master and stay
-    // open until this process exits; nothing in the worker closes them.
-    sys::borrow_forever(fd)
+    // SAFETY: the listener descriptors are inherited from the master and
+    // stay open until this process exits; nothing in the worker closes
+    // them.
+    #[allow(unsafe_code)]
+    let fd = unsafe { sys::borrow_forever(fd) };
+    fd
 }
 
 /// What one accept found.

@@ -148,7 +148,12 @@ impl Environment {
             .map(|(fd, h)| (fd, h.name.clone(), Some(h)));
         let mut out = Vec::new();
         for (fd, name, handed) in systemd.chain(handed) {
-            let Some(owned) = crate::sys::adopt_inherited(fd) else {
+            // SAFETY: `take_inherited` runs once, and these numbers were
+            // validated as distinct above stderr (LISTEN_FDS counts from 3;
+            // UPGRADER_FDS refuses repeats and the ready pipe).
+            #[allow(unsafe_code)]
+            let owned = unsafe { crate::sys::adopt_inherited(fd) };
+            let Some(owned) = owned else {
                 bail!("inherited fd {fd} ({name}) is not open");
             };
             // sd_listen_fds(3) sets CLOEXEC: nothing else inherits these

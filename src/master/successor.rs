@@ -32,9 +32,16 @@ impl Role {
     pub fn from_env(p: Option<&Predecessor>) -> Result<Role> {
         let Some(p) = p else { return Ok(Role::Master) };
         let ready = match p.ready_fd {
-            Some(fd) => Some(sys::adopt_inherited(fd).with_context(|| {
-                format!("{}={fd}: not open", handoff::UPGRADER_READY_FD)
-            })?),
+            // SAFETY: the ready pipe the old master passed for this
+            // process to own; it was checked to be a pipe apart from every
+            // listener, and a `Predecessor` is turned into a role once.
+            Some(fd) => {
+                #[allow(unsafe_code)]
+                let owned = unsafe { sys::adopt_inherited(fd) };
+                Some(owned.with_context(|| {
+                    format!("{}={fd}: not open", handoff::UPGRADER_READY_FD)
+                })?)
+            }
             None => None,
         };
         if let Some(r) = &ready {

@@ -199,3 +199,24 @@ fn an_unpromoted_new_master_never_talks_to_systemd() {
         "{s:?}"
     );
 }
+
+/// `systemd:web` and `fd:3` are the same passed socket: adopting it for
+/// both made two owners of one descriptor (closed twice, the second
+/// close hitting whatever took the number next). The second is refused.
+#[test]
+fn a_passed_socket_bound_by_name_and_number_is_refused() {
+    let (mut u, web, _admin) =
+        activated(&["--bind", "systemd:web", "--bind", "fd:3"]);
+    wait_until("the socket to exist", LONG, || web.exists());
+    // The first connection makes systemd-socket-activate exec the master.
+    let _trigger = std::os::unix::net::UnixStream::connect(&web);
+    let st = u.wait_exit(LONG);
+    let log = u.log.text();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "bind fd:3: that descriptor is already served by another --bind"
+        ),
+        "{log}"
+    );
+}
