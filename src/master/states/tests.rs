@@ -1,0 +1,200 @@
+use super::*;
+use std::time::Duration;
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().unwrap()
+}
+
+fn booting(child: i32) -> Upgrade {
+    let (r, _w) = pipe();
+    let (e, _w2) = pipe();
+    Upgrade::booting(
+        Pid::from_raw(child),
+        r,
+        e,
+        Instant::now() + Duration::from_secs(30),
+    )
+}
+
+fn exit0() -> Exit {
+    Exit {
+        code: 0,
+        reason: None,
+    }
+}
+
+#[test]
+fn term_during_an_upgrade_boot_is_held_then_retires() {
+    let mut u = booting(7);
+    assert_eq!(u.on_stop(true), StopStep::Hold { first: true });
+    assert_eq!(u.on_stop(true), StopStep::Hold { first: false });
+    let step = u.on_ready_pipe(Some(b"1"), Instant::now(), false);
+    assert!(
+        matches!(step, ReadyStep::Ready { retire: true, .. }),
+        "{step:?}"
+    );
+    assert_eq!(u.on_stop(true), StopStep::Retire);
+    assert_eq!(u.retire(), Some(Pid::from_raw(7)));
+    assert_eq!(u.on_stop(true), StopStep::Ignore, "TERM again");
+    assert_eq!(u.on_stop(false), StopStep::Stop, "QUIT hurries it");
+}
+
+#[test]
+fn fast_stop_during_a_boot_is_not_held() {
+    let mut u = booting(7);
+    assert_eq!(u.on_stop(false), StopStep::Stop);
+}
+
+#[test]
+fn term_held_and_the_upgrade_fails_stops_as_asked() {
+    let mut u = booting(7);
+    u.on_stop(true);
+    let step = u.on_ready_pipe(Some(b"!config broken"), Instant::now(), true);
+    assert_eq!(step, ReadyStep::Failing);
+    match u.on_exit(Pid::from_raw(7), false) {
+        ExitStep::Failed { failure, stop, .. } => {
+            assert_eq!(failure.as_deref(), Some("config broken"));
+            assert!(stop);
+        }
+        _ => panic!("not a failure"),
+    }
+    assert!(matches!(u, Upgrade::Idle));
+    assert_eq!(u.refuse(), None, "the next USR2 is accepted");
+}
+
+#[test]
+fn eof_gives_the_new_master_a_second_to_exit() {
+    let mut u = booting(7);
+    let now = Instant::now();
+    assert_eq!(u.on_ready_pipe(Some(b""), now, false), ReadyStep::Failing);
+    assert!(u.deadline().unwrap() <= now + EXIT_GRACE);
+    assert_eq!(u.ready_fd().map(|_| ()), None);
+    let late = now + Duration::from_secs(2);
+    assert_eq!(u.on_deadline(late, "x".into()), Some(Pid::from_raw(7)));
+    assert_eq!(u.deadline(), None, "fired once");
+}
+
+#[test]
+fn a_second_usr2_is_refused_until_the_first_is_over() {
+    let mut u = booting(7);
+    assert!(u.refuse().unwrap().contains("new master 7"));
+    u.on_ready_pipe(Some(b"1"), Instant::now(), false);
+    assert!(u.refuse().is_some());
+    u.retire();
+    assert!(u.refuse().is_some(), "while the new master runs");
+    assert!(matches!(u.on_exit(Pid::from_raw(7), false), ExitStep::Gone));
+    assert!(u.has_successor(), "its sockets are the successor's");
+    assert_eq!(u.refuse(), None);
+}
+
+#[test]
+fn the_new_master_dying_while_the_old_drains_is_a_take_over() {
+    let mut u = booting(7);
+    u.on_ready_pipe(Some(b"1"), Instant::now(), true);
+    u.retire();
+    assert!(matches!(
+        u.on_exit(Pid::from_raw(8), true),
+        ExitStep::NotOurs
+    ));
+    assert!(matches!(
+        u.on_exit(Pid::from_raw(7), true),
+        ExitStep::DiedWhileRetiring
+    ));
+    u.take_over();
+    assert!(!u.has_successor());
+}
+
+#[test]
+fn hup_during_hup_is_queued_once() {
+    let mut r = Reload::Idle;
+    assert_eq!(r.on_hup(true, None, 1), Hup::Start);
+    r = in_flight(2);
+    assert_eq!(r.on_hup(true, None, 2), Hup::Queued { target: 3 });
+    let done = r.on_ready().unwrap();
+    assert!(done.queued);
+    assert!(matches!(r, Reload::Retiring { target: 2 }));
+    assert_eq!(r.on_old_gone(Some(1)), None, "gen 1 still drains");
+    assert_eq!(r.on_old_gone(Some(2)), Some(2));
+    assert!(matches!(r, Reload::Idle));
+}
+
+#[test]
+fn hup_while_a_new_master_boots_is_refused() {
+    let mut r = Reload::Idle;
+    let step = r.on_hup(true, Some(Pid::from_raw(9)), 1);
+    assert!(matches!(step, Hup::Refused(m) if m.contains("9 is booting")));
+    assert!(matches!(r.on_hup(false, None, 1), Hup::Refused(_)));
+}
+
+#[test]
+fn a_reload_superseded_while_retiring_is_complete() {
+    let mut r = in_flight(2);
+    r.on_ready();
+    assert_eq!(r.superseded(), Some(2));
+    assert_eq!(r.superseded(), None);
+}
+
+#[test]
+fn winch_ends_a_reload_where_it_stands() {
+    let mut r = in_flight(2);
+    assert!(r.end().is_some());
+    assert!(!r.in_flight());
+    assert!(r.end().is_none());
+}
+
+#[test]
+fn winch_then_ttou_spawns_nothing() {
+    assert_eq!(scale(0, -1), None);
+    assert_eq!(scale(0, 1), Some(1));
+    assert_eq!(scale(1, -1), Some(1), "never below one");
+    assert_eq!(scale(3, -1), Some(2));
+}
+
+#[test]
+fn phase_stops_and_halts() {
+    let mut p = Phase::Starting;
+    assert!(!p.served());
+    assert_eq!(p.halt_code(3), Some(3));
+    p.stop(
+        false,
+        Exit {
+            code: 3,
+            reason: None,
+        },
+    );
+    assert_eq!(p.halt_code(4), None);
+    assert!(matches!(
+        p,
+        Phase::Stopping {
+            exit: Exit { code: 4, .. },
+            ..
+        }
+    ));
+    let mut p = Phase::Starting;
+    assert!(p.serving());
+    assert!(!p.serving(), "once");
+    assert!(p.wants_stop(true));
+    p.stop(true, exit0());
+    assert!(p.served());
+    assert!(!p.wants_stop(true), "TERM twice");
+    assert!(p.wants_stop(false), "QUIT hurries a TERM");
+    p.stop(false, exit0());
+    assert!(!p.wants_stop(true) && !p.wants_stop(false));
+}
+
+fn in_flight(target: u64) -> Reload {
+    let o =
+        <crate::cli::Options as clap::Parser>::try_parse_from(["upgrader"])
+            .unwrap();
+    let cfg =
+        Config::from_options(o, crate::config::Facts::default()).unwrap();
+    Reload::InFlight(Box::new(InFlight {
+        target,
+        from: target - 1,
+        from_young_until: None,
+        previous: cfg,
+        previous_listeners: Vec::new(),
+        started: Instant::now(),
+        queued: false,
+    }))
+}
