@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use super::control::{Answer, Wait};
 use super::states::{ExitStep, ReadyStep, StopStep, Upgrade};
-use super::{Exit, Master, Phase, Role, workers::describe};
+use super::{Exit, Master, Phase, Role, verdicts::describe};
 use crate::handoff;
 use crate::pidfile;
 use crate::sys::{self, Fork};

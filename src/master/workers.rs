@@ -13,9 +13,11 @@ use nix::unistd::Pid;
 
 use super::{Exit, Master};
 use crate::cli::ReadyMode;
-use crate::config::{Config, WorkerKind};
+use crate::config::WorkerKind;
 use crate::pool::{self, Due, State, Stop, Worker};
 use crate::spawn;
+
+use super::verdicts::*;
 
 impl Master {
     /// Relays an exec worker's output into the log, line by line, and
@@ -427,13 +429,6 @@ impl Master {
     }
 }
 
-fn emit(role: &str, tail: &mut pool::Tail, line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    log::info!(target: crate::logging::RELAY, "{role}: {text}");
-    tail.push(text);
-}
-
 /// Signals a worker's whole process group (its children go too).
 pub(super) fn signal_group(pid: Pid, sig: Signal) {
     if let Err(e) = killpg(pid, sig)
@@ -460,51 +455,4 @@ pub(super) fn kill(w: &mut Worker, now: Instant) -> Option<Instant> {
     }
     signal_group(w.pid, Signal::SIGKILL);
     None
-}
-
-/// "exited with status 1", "killed by SIGKILL".
-pub fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, c) => format!("exited with status {c}"),
-        WaitStatus::Signaled(_, s, core) => {
-            format!(
-                "killed by {s}{}",
-                if core { " (core dumped)" } else { "" }
-            )
-        }
-        other => format!("{other:?}"),
-    }
-}
-
-/// Exit 3 or 4: the worker says it cannot boot (gunicorn's
-/// WORKER_BOOT_ERROR and APP_LOAD_ERROR); the status a boot failure
-/// halts the master with.
-fn boot_code(status: WaitStatus) -> Option<u8> {
-    match status {
-        WaitStatus::Exited(_, c @ (3 | 4)) => Some(c as u8),
-        _ => None,
-    }
-}
-
-fn with_tail(reason: String, w: &Worker) -> String {
-    match w.tail.last() {
-        Some(l) => format!("{reason}; last output: {l}"),
-        None => reason,
-    }
-}
-
-/// The reason an exec worker's program could not be executed, if that
-/// is what happened (its errno came back on the pipe).
-fn exec_error(w: &Worker, cfg: &Config) -> Option<String> {
-    use std::os::fd::AsFd;
-    let (stage, errno) =
-        crate::sys::exec_failure(w.exec.as_ref()?.errors.as_fd())?;
-    let program = match &cfg.kind {
-        WorkerKind::Exec { program, .. } => program.as_path(),
-        WorkerKind::BuiltIn => std::path::Path::new("worker"),
-    };
-    // A relative program is resolved from the master's directory.
-    Some(crate::spawn::describe_exec_failure(
-        program, None, stage, errno,
-    ))
 }
