@@ -362,9 +362,30 @@ impl Upgrade {
     }
 
     /// Why a USR2 cannot start an upgrade now, if it cannot.
-    pub fn refuse(&self) -> Option<String> {
-        self.child()
-            .map(|child| format!("USR2 ignored: new master {child} exists"))
+    /// `unpromoted`: this master is itself a new master whose old master
+    /// (the pid) still runs; `running`: not stopping; `reload`: the HUP
+    /// lifecycle. One change at a time (invariant 3): an abandoned reload
+    /// would close listeners the new master inherited.
+    pub fn refuse(
+        &self,
+        unpromoted: Option<Pid>,
+        running: bool,
+        reload: &Reload,
+    ) -> Option<String> {
+        if let Some(old) = unpromoted {
+            return Some(format!(
+                "USR2 ignored: not promoted yet (old master {old} still runs)"
+            ));
+        }
+        if let Some(child) = self.child() {
+            return Some(format!("USR2 ignored: new master {child} exists"));
+        }
+        if !running {
+            return Some("USR2 ignored: stopping".into());
+        }
+        reload
+            .in_flight()
+            .then(|| "USR2 ignored: a reload is in flight".into())
     }
 
     /// `-s upgrade`: retire once the new master is ready.

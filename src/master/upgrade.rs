@@ -50,21 +50,15 @@ impl Master {
     }
 
     fn start_upgrade(&mut self) -> Result<(), String> {
-        let refused = if let Role::Successor { old, .. } = self.role {
-            Some(format!(
-                "USR2 ignored: not promoted yet (old master {old} still runs)"
-            ))
-        } else if let Some(msg) = self.upgrade.refuse() {
-            Some(msg)
-        } else if !self.phase.is_running() {
-            Some("USR2 ignored: stopping".to_string())
-        } else if self.reload.in_flight() {
-            // An abandoned reload closes listeners a successor would
-            // have inherited: one change at a time (invariant 3).
-            Some("USR2 ignored: a reload is in flight".to_string())
-        } else {
-            None
+        let unpromoted = match self.role {
+            Role::Successor { old, .. } => Some(old),
+            Role::Master => None,
         };
+        let refused = self.upgrade.refuse(
+            unpromoted,
+            self.phase.is_running(),
+            &self.reload,
+        );
         if let Some(msg) = refused {
             log::warn!("{msg}");
             return Err(msg);

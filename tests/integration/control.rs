@@ -219,3 +219,38 @@ fn status_shows_an_exec_workers_app_and_keeper() {
         Some(keeper.as_raw() as i64)
     );
 }
+
+/// A `-s reload` client that hangs up while it waits for the outcome
+/// costs nothing: the reload completes, the master (which then writes
+/// to a closed connection) lives on, and its control slot is free.
+#[test]
+fn a_client_that_hangs_up_while_waiting_leaves_the_reload_intact() {
+    use std::io::Write;
+    use std::os::linux::net::SocketAddrExt;
+    let mut u = upgrader()
+        .args(["--bind", "127.0.0.1:0", "-p", "u.pid"])
+        .start();
+    u.ready();
+    let a = u.addr(0);
+    // A request in hand keeps generation 1 draining, so the client is
+    // still waiting when it goes.
+    let (stream, head) = slow_in_flight(&a, 1500);
+    let name = format!("upgrader-control-{}", u.pid);
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .unwrap();
+    let mut c = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    let from = u.log.len();
+    c.write_all(b"reload\n").unwrap();
+    u.log
+        .wait_from(from, &["reload ready in", "retiring generation 1"], LONG);
+    drop(c);
+    assert_eq!(finish(stream, head).num("generation"), 1);
+    u.log
+        .wait_from(from, &["reload complete: generation 2 serving"], LONG);
+    assert!(alive(u.pid), "the master died answering a closed client");
+    assert_eq!(get_ok(&a, "/").num("generation"), 2);
+    let (rc, out) = s(&u.dir.0, &["status", "--pid", "u.pid"]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("generation 2: 1/1 workers ready"), "{out}");
+}

@@ -59,7 +59,11 @@ fn term_held_and_the_upgrade_fails_stops_as_asked() {
         _ => panic!("not a failure"),
     }
     assert!(matches!(u, Upgrade::Idle));
-    assert_eq!(u.refuse(), None, "the next USR2 is accepted");
+    assert_eq!(
+        u.refuse(None, true, &Reload::Idle),
+        None,
+        "the next USR2 is accepted"
+    );
 }
 
 #[test]
@@ -77,14 +81,21 @@ fn eof_gives_the_new_master_a_second_to_exit() {
 #[test]
 fn a_second_usr2_is_refused_until_the_first_is_over() {
     let mut u = booting(7);
-    assert!(u.refuse().unwrap().contains("new master 7"));
+    assert!(
+        u.refuse(None, true, &Reload::Idle)
+            .unwrap()
+            .contains("new master 7")
+    );
     u.on_ready_pipe(Some(b"1"), Instant::now(), false);
-    assert!(u.refuse().is_some());
+    assert!(u.refuse(None, true, &Reload::Idle).is_some());
     u.retire();
-    assert!(u.refuse().is_some(), "while the new master runs");
+    assert!(
+        u.refuse(None, true, &Reload::Idle).is_some(),
+        "while the new master runs"
+    );
     assert!(matches!(u.on_exit(Pid::from_raw(7), false), ExitStep::Gone));
     assert!(u.has_successor(), "its sockets are the successor's");
-    assert_eq!(u.refuse(), None);
+    assert_eq!(u.refuse(None, true, &Reload::Idle), None);
 }
 
 #[test]
@@ -197,4 +208,43 @@ fn in_flight(target: u64) -> Reload {
         started: Instant::now(),
         queued: false,
     }))
+}
+
+#[test]
+fn usr2_during_a_reload_is_refused_and_accepted_after_it() {
+    let u = Upgrade::Idle;
+    let r = in_flight(2);
+    let why = u.refuse(None, true, &r).expect("refused");
+    assert!(why.contains("a reload is in flight"), "{why}");
+    // Retiring: the new generation serves, the old one drains; the
+    // listeners are settled, so an upgrade may start.
+    let r = Reload::Retiring { target: 2 };
+    assert_eq!(u.refuse(None, true, &r), None);
+    assert_eq!(u.refuse(None, true, &Reload::Idle), None);
+}
+
+#[test]
+fn usr2_is_refused_while_stopping_unpromoted_or_with_a_new_master() {
+    let idle = Reload::Idle;
+    let why = Upgrade::Idle.refuse(None, false, &idle).unwrap();
+    assert!(why.contains("stopping"), "{why}");
+    let why = Upgrade::Idle
+        .refuse(Some(Pid::from_raw(41)), true, &idle)
+        .unwrap();
+    assert!(why.contains("old master 41 still runs"), "{why}");
+    for u in [
+        booting(7),
+        Upgrade::Ready {
+            child: Pid::from_raw(7),
+        },
+    ] {
+        let why = u.refuse(None, true, &idle).unwrap();
+        assert!(why.contains("new master 7 exists"), "{why}");
+    }
+    // Once the new master that took over is gone, a USR2 may start one.
+    let gone = Upgrade::HandedOver {
+        child: Pid::from_raw(7),
+        alive: false,
+    };
+    assert_eq!(gone.refuse(None, true, &idle), None);
 }
