@@ -157,6 +157,20 @@ class App:
             log(f"exiting {code} at boot as asked")
             sys.exit(code)
 
+        if "APP_CRASH_AFTER" in os.environ:
+            # A release that passes readiness and crashes later (a bad
+            # background job): serve, then exit CODE after SECS seconds.
+            secs, _, code = os.environ["APP_CRASH_AFTER"].partition(":")
+            code = int(code or "1")
+
+            def crash():
+                log(f"crashing with status {code} as asked")
+                os._exit(code)
+
+            timer = threading.Timer(float(secs), crash)
+            timer.daemon = True
+            timer.start()
+
         if listen_pid is not None and listen_pid != str(os.getpid()):
             log(f"error: LISTEN_PID={listen_pid} is not my pid {os.getpid()}; "
                 "these sockets are not meant for me")

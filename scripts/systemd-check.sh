@@ -190,7 +190,10 @@ cp "$UNITS/$SOCK" "$UNITS/$UNIT" "$TMP/units/"
 printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$PORT" > "$TMP/units/$SOCK.d/50-test.conf"
 {
     printf '[Service]\nEnvironment=UPGRADER_TEST_HOOKS=1\nExecStart=\n'
-    sed -n 's|^ExecStart=/usr/local/bin/upgrader|ExecStart=/opt/upgrader/upgrader|p' "$UNITS/$UNIT"
+    # The shipped --probation 10, shortened so that each reload and
+    # upgrade of the scenario does not wait 10 s; the window still runs.
+    sed -n 's|^ExecStart=/usr/local/bin/upgrader|ExecStart=/opt/upgrader/upgrader|p' "$UNITS/$UNIT" \
+        | sed 's|--probation 10|--probation 2|'
 } > "$TMP/units/$UNIT.d/50-test.conf"
 grep -q '^ExecStart=/opt/upgrader/upgrader' "$TMP/units/$UNIT.d/50-test.conf" \
     || die "no ExecStart=/usr/local/bin/upgrader line in $UNITS/$UNIT"
@@ -409,6 +412,43 @@ if wait_until 5 test -e "$TMP/head" && sctl kill -s USR2 --kill-whom=main $UNIT 
 else
     bad "drain window: could not set up the slow request and the upgrade"
 fi
+
+echo "---- probation (SPEC 13): a reload to a release that crashes 2 s after start rolls back"
+ct mkdir -p /run/systemd/system/$UNIT.d
+release() {  # release 'exec = [...]' : the variant's config file
+    printf 'exec = %s\n' "$1" | ct sh -c 'cat > /run/upgck.toml'
+}
+release '["/bin/sleep", "600"]'
+printf '[Service]\nExecStart=\nExecStart=/opt/upgrader/upgrader --workers 2 --probation 3 -c /run/upgck.toml\n' \
+    | ct sh -c "cat > /run/systemd/system/$UNIT.d/80-probation.conf"
+sctl daemon-reload
+if sctl start $UNIT && wait_until 10 state_is active/running; then
+    old=$(mainpid)
+    c=$(cursor)
+    wait_until 10 journal_has "$c" "generation 1 passed its probation"
+    release '["/bin/sh", "-c", "echo release 2 crashes >&2; sleep 2; exit 1"]'
+    c=$(cursor)
+    sctl reload $UNIT
+    if wait_until 15 journal_has "$c" "reload rolled back"; then
+        ok "probation: the journal has '$(journal_after "$c" | grep -m1 -o 'reload rolled back:.*')'"
+    else
+        bad "probation: no 'reload rolled back' in the journal within 15 s"
+    fi
+    wait_until 5 state_is active/running
+    st=$(prop $UNIT StatusText)
+    check "probation: unit $(state), MainPID $(mainpid) (still $old), StatusText names the failure: '$st'" \
+        eq "$(state)/$(mainpid)/${st%%:*}" "active/running/$old/reload rolled back"
+    release '["/bin/sleep", "600"]'
+    c=$(cursor)
+    sctl reload $UNIT
+    check "probation: the next reload (a good release) completes (journal: reload complete)" \
+        wait_until 15 journal_has "$c" "reload complete"
+    sctl stop $UNIT
+else
+    bad "probation: could not start the probation variant"
+fi
+ct rm -rf /run/systemd/system/$UNIT.d /run/upgck.toml
+sctl daemon-reload
 
 echo "---- a new master that is still booting (exec worker ready after 3 s): rollback, then stop"
 ct mkdir -p /run/systemd/system/$UNIT.d

@@ -89,6 +89,18 @@ pub struct Options {
     #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
     pub boot_timeout: Option<Secs>,
 
+    /// A reload or upgrade is complete only once the new workers have
+    /// been ready this long with none exiting on its own; a crash in the
+    /// window rolls back to the previous generation or master (the first
+    /// generation halts, exit 3); 0 = off [default: 0]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
+    pub probation: Option<Secs>,
+
+    /// Halt (exit 3) after N consecutive crashes of the current
+    /// generation, none of them living 10 s; 0 = off [default: 0]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    pub crash_loop_limit: Option<u32>,
+
     /// After a USR2 upgrade, retire the old master as soon as the new one
     /// is ready [default: on under systemd (NOTIFY_SOCKET set), else off]
     #[arg(long, value_name = "on|off")]
@@ -178,7 +190,7 @@ pub struct Options {
     pub control: Option<String>,
 
     /// With -s: stop waiting after SECS, exit 75 while the act goes on
-    /// [default: the master's graceful timeout plus its boot timeout]
+    /// [default: the master's graceful and boot timeouts plus its probation]
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -220,6 +232,8 @@ impl Options {
             graceful_timeout,
             ready,
             boot_timeout,
+            probation,
+            crash_loop_limit,
             auto_retire,
             backlog,
             max_requests,

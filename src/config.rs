@@ -48,6 +48,11 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub ready: ReadyMode,
     pub boot_timeout: Duration,
+    /// SPEC 13: how long a new generation must stay up before a reload
+    /// or upgrade is complete; zero: off.
+    pub probation: Duration,
+    /// SPEC 13: halt after this many consecutive crashes; 0: off.
+    pub crash_loop_limit: u32,
     pub auto_retire: bool,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
@@ -57,6 +62,19 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
+    /// The real paths a generation runs, pinned when it starts
+    /// (`spawn::pin_release`), so its respawns and a rollback to it run
+    /// the release it started with whatever a deploy did to symlinks.
+    pub release: Release,
+}
+
+/// SPEC 13: an exec generation's program and working directory, symlinks
+/// resolved. `None` where the path could not be resolved at the start
+/// (the spawn then reports the failure as it would without pinning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Release {
+    pub program: Option<PathBuf>,
+    pub chdir: Option<PathBuf>,
 }
 
 /// Facts about the process environment that change defaults.
@@ -164,6 +182,8 @@ impl Config {
             graceful_timeout: secs(o.graceful_timeout, 30.0),
             ready,
             boot_timeout: secs(o.boot_timeout, 30.0),
+            probation: secs(o.probation, 0.0),
+            crash_loop_limit: o.crash_loop_limit.unwrap_or(0),
             auto_retire: o
                 .auto_retire
                 .map(|a| a.0)
@@ -176,6 +196,7 @@ impl Config {
             chdir: o.chdir,
             log_level,
             log_file: o.log_file.map(absolute),
+            release: Release::default(),
         })
     }
 }

@@ -130,7 +130,10 @@ pub fn run(
         None => master_status(pid, Duration::from_secs(5))
             .map(|s| {
                 Duration::from_secs_f64(
-                    s.graceful_timeout_secs + s.boot_timeout_secs + 1.0,
+                    s.graceful_timeout_secs
+                        + s.boot_timeout_secs
+                        + s.probation_secs
+                        + 1.0,
                 )
             })
             .unwrap_or(Duration::from_secs(60)),

@@ -134,7 +134,7 @@ fn client_timeout(cfg: &Config) -> std::time::Duration {
 fn become_worker(ctx: &Setup<'_>, death: Signal, mask: &SigSet) -> Result<()> {
     let cfg = ctx.config;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).context("setpgid")?;
-    if let Some(dir) = &cfg.chdir {
+    if let Some(dir) = cfg.release.chdir.as_ref().or(cfg.chdir.as_ref()) {
         nix::unistd::chdir(dir)
             .with_context(|| format!("chdir {}", dir.display()))?;
     }
@@ -188,6 +188,47 @@ pub fn exec_env(
             generation,
         },
     )
+}
+
+/// Pins the release a new generation runs (SPEC 13): the real paths of
+/// the exec program and of `--chdir`, symlinks resolved now, so a
+/// `current` symlink swapped by the next deploy changes nothing for the
+/// workers of this generation, their respawns, or a rollback to it.
+/// Returns a line for the log when pinning changed a path.
+pub fn pin_release(
+    cfg: &mut Config,
+    env: &[(OsString, OsString)],
+) -> Option<String> {
+    let chdir = cfg.chdir.as_ref().and_then(|d| d.canonicalize().ok());
+    let program = match &cfg.kind {
+        WorkerKind::Exec { program, .. } => {
+            resolve(program, env).canonicalize().ok()
+        }
+        WorkerKind::BuiltIn => None,
+    };
+    cfg.release = crate::config::Release { program, chdir };
+    let moved = |given: Option<&Path>, real: Option<&PathBuf>| {
+        given
+            .zip(real)
+            .filter(|(g, r)| g != r)
+            .map(|(_, r)| r.clone())
+    };
+    let given_program = match &cfg.kind {
+        WorkerKind::Exec { program, .. } => Some(program.as_path()),
+        WorkerKind::BuiltIn => None,
+    };
+    let p = moved(given_program, cfg.release.program.as_ref());
+    let d = moved(cfg.chdir.as_deref(), cfg.release.chdir.as_ref());
+    (p.is_some() || d.is_some()).then(|| {
+        let mut parts = Vec::new();
+        if let Some(p) = &cfg.release.program {
+            parts.push(format!("program {}", p.display()));
+        }
+        if let Some(d) = &cfg.release.chdir {
+            parts.push(format!("directory {}", d.display()));
+        }
+        parts.join(", ")
+    })
 }
 
 /// `program` as execve needs it: a path with a slash is taken from the
@@ -299,7 +340,10 @@ fn spawn_exec(
         anyhow::bail!("at most {} listeners", sys::MAX_LISTENERS);
     }
     let env = exec_env(ctx, age, generation);
-    let path = resolve(program, &env.vars);
+    let path = match &ctx.config.release.program {
+        Some(p) => p.clone(),
+        None => resolve(program, &env.vars),
+    };
     let mut argv = vec![cstring(program.as_os_str())?];
     for a in args {
         argv.push(cstring(OsStr::new(a))?);

@@ -21,6 +21,9 @@ pub struct Status {
     pub ready: usize,
     pub graceful_timeout_secs: f64,
     pub boot_timeout_secs: f64,
+    /// `--probation` (absent from masters before it existed).
+    #[serde(default)]
+    pub probation_secs: f64,
     pub workers: Vec<WorkerStatus>,
     pub upgrade: Option<UpgradeStatus>,
 }
@@ -132,6 +135,7 @@ mod tests {
             ready: 1,
             graceful_timeout_secs: 30.0,
             boot_timeout_secs: 30.0,
+            probation_secs: 0.0,
             workers: vec![
                 WorkerStatus {
                     pid: 11,

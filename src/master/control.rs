@@ -438,6 +438,7 @@ impl Master {
             ready: self.ready_count(),
             graceful_timeout_secs: self.cfg.graceful_timeout.as_secs_f64(),
             boot_timeout_secs: self.cfg.boot_timeout.as_secs_f64(),
+            probation_secs: self.cfg.probation.as_secs_f64(),
             workers,
             upgrade: self.upgrade.describe().map(|(child, state)| {
                 UpgradeStatus {

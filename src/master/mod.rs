@@ -88,6 +88,9 @@ pub struct Master {
     young_until: Option<Instant>,
     desired: usize,
     phase: Phase,
+    /// The pidfile is written and READY=1 sent (a plain master does
+    /// that when its first generation is ready, before its probation).
+    announced: bool,
     /// Consecutive worker failures, and when the next spawn may happen.
     failures: u32,
     respawn_at: Option<Instant>,
@@ -132,7 +135,12 @@ pub struct Parts {
 }
 
 impl Master {
-    pub fn new(p: Parts) -> Result<Master> {
+    pub fn new(mut p: Parts) -> Result<Master> {
+        if let Some(pinned) =
+            crate::spawn::pin_release(&mut p.cfg, &p.env.vars)
+        {
+            log::info!("generation 1 runs {pinned}");
+        }
         let notify = notify::Server::bind(p.cfg.credentials.uid)?;
         let now = Instant::now();
         let role = Role::from_env(p.env.predecessor.as_ref())?;
@@ -166,6 +174,7 @@ impl Master {
             generation: 1,
             last_generation: 1,
             phase: Phase::Starting,
+            announced: false,
             failures: 0,
             respawn_at: None,
             reload: Reload::Idle,
@@ -275,6 +284,14 @@ impl Master {
     /// TERM: graceful stop; INT/QUIT: fast stop (SPEC 6). With a new
     /// master in play, a stop is a retirement (see `upgrade`).
     fn handle_stop(&mut self, graceful: bool) {
+        if self.reload.hold_stop(graceful) {
+            log::info!(
+                "TERM held until the probation of generation {} ends (a \
+                 second TERM or QUIT stops now)",
+                self.generation
+            );
+            return;
+        }
         if self.stop_is_retirement(graceful) {
             return;
         }
@@ -368,7 +385,12 @@ impl Master {
         if self.ready_count() < self.desired {
             return;
         }
-        if self.phase.serving() {
+        let probation = self.cfg.probation;
+        if !probation.is_zero()
+            && self.phase.on_probation(Instant::now() + probation)
+        {
+            self.on_probation();
+        } else if self.phase.serving() {
             self.on_serving();
         }
         // Also right after on_serving: a HUP before the first
@@ -384,7 +406,25 @@ impl Master {
             .count()
     }
 
-    /// The first generation is ready: the master is serving.
+    /// The first generation is ready and on probation (SPEC 13). A
+    /// plain master serves from now on as far as the world goes
+    /// (pidfile, READY=1; a crash in the window still halts it); a new
+    /// master tells the old one only when the window has passed, so the
+    /// old master keeps serving until then.
+    fn on_probation(&mut self) {
+        log::info!(
+            "serving: generation {} with {} workers, on probation for {}",
+            self.generation,
+            self.desired,
+            humantime::format_duration(self.cfg.probation)
+        );
+        if !self.role.is_successor() {
+            self.announce_serving();
+        }
+    }
+
+    /// The first generation is ready (and passed its probation, if
+    /// any): the master is serving.
     fn on_serving(&mut self) {
         log::info!(
             "serving: generation {} with {} workers",
@@ -395,6 +435,14 @@ impl Master {
             self.successor_serving();
             return;
         }
+        if !self.announced {
+            self.announce_serving();
+        }
+    }
+
+    /// Pidfile and READY=1: the master serves.
+    fn announce_serving(&mut self) {
+        self.announced = true;
         self.write_pidfile();
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
     }

@@ -147,6 +147,8 @@ impl Master {
             .chain(clients)
             .chain(self.control_paused)
             .chain(self.barrier.as_ref().map(|(_, t)| *t))
+            .chain(self.reload.deadline())
+            .chain(self.phase.deadline())
             .min()
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::Master;
 use super::control::{Answer, Wait};
-use super::states::{Hup, InFlight, Reload};
+use super::states::{AllReady, Hup, InFlight, Reload};
 use crate::config::Config;
 use crate::listeners::{self, Listener};
 use crate::pool::Stop;
@@ -69,7 +69,7 @@ impl Master {
             )?;
             Ok((cfg, l))
         });
-        let (cfg, listeners) = match loaded {
+        let (mut cfg, listeners) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 let why = one_line(&format!("{e:#}"));
@@ -97,6 +97,11 @@ impl Master {
             }
         }
         log::set_max_level(cfg.log_level);
+        if let Some(pinned) =
+            crate::spawn::pin_release(&mut cfg, &self.base_env)
+        {
+            log::info!("generation {target} runs {pinned}");
+        }
         let from = self.generation;
         let from_young_until = self.young_until;
         self.last_generation = target;
@@ -122,6 +127,8 @@ impl Master {
             ),
             started: Instant::now(),
             queued: false,
+            probation: None,
+            term_held: false,
         }));
         Ok(target)
     }
@@ -143,12 +150,61 @@ impl Master {
         }
     }
 
-    /// Every worker of the new generation is ready: the old one retires
-    /// (maintain does that); the reload is complete once it is gone.
+    /// Every worker of the new generation is ready: with `--probation`
+    /// its window opens and the old generation keeps serving beside it
+    /// (SPEC 13); without, or once the window passed, the old one
+    /// retires (maintain does that) and the reload is complete once it
+    /// is gone.
     pub(super) fn reload_ready(&mut self) {
-        let Some(r) = self.reload.on_ready() else {
+        let now = Instant::now();
+        if let AllReady::Probation { until } =
+            self.reload.on_all_ready(now, self.cfg.probation)
+        {
+            log::info!(
+                "reload: generation {} ready; on probation for {}, \
+                 generation {} serves beside it until then",
+                self.generation,
+                humantime::format_duration(
+                    until.saturating_duration_since(now)
+                ),
+                self.reload_from().unwrap_or_default()
+            );
+            self.sd_notify(&format!(
+                "STATUS=reloading: generation {} on probation",
+                self.generation
+            ));
             return;
-        };
+        }
+        if self.reload.probation().is_some() {
+            return; // the window runs: the timer ends it
+        }
+        if let Some(r) = self.reload.on_ready() {
+            self.reload_passed(r);
+        }
+    }
+
+    /// The generation the reload in flight replaces.
+    fn reload_from(&self) -> Option<u64> {
+        match &self.reload {
+            Reload::InFlight(r) => Some(r.from),
+            _ => None,
+        }
+    }
+
+    /// The probation of a reload in flight passed: the old generation
+    /// retires now.
+    pub(super) fn reload_timers(&mut self, now: Instant) {
+        if let Some(r) = self.reload.on_probation_timer(now) {
+            log::info!(
+                "reload: generation {} passed its probation of {}",
+                self.generation,
+                humantime::format_duration(self.cfg.probation)
+            );
+            self.reload_passed(r);
+        }
+    }
+
+    fn reload_passed(&mut self, r: Box<InFlight>) {
         log::info!(
             "reload ready in {} ms: generation {} serving; retiring \
              generation {}",
@@ -157,13 +213,29 @@ impl Master {
             r.from
         );
         self.retire_listeners(r.previous_listeners);
-        self.settling = Some(Settling {
-            generation: self.generation,
-            previous: r.previous,
-        });
+        // Without a probation, the young-generation rollback covers a
+        // release that exits 3/4 after a `--ready delay` readiness; with
+        // one, the window did.
+        if self.cfg.probation.is_zero() {
+            self.settling = Some(Settling {
+                generation: self.generation,
+                previous: r.previous,
+            });
+        } else {
+            self.young_until = None;
+        }
         self.sd_notify(&format!("READY=1\nSTATUS={}", self.status()));
         self.reload_progress();
-        if r.queued && self.phase.is_running() {
+        self.after_reload(r.queued, r.term_held);
+    }
+
+    /// A reload ended (passed, failed or rolled back): a TERM held
+    /// during its probation stops now, else a queued HUP starts.
+    fn after_reload(&mut self, queued: bool, term_held: bool) {
+        if term_held {
+            log::info!("the TERM held during the probation stops now");
+            self.handle_stop(true);
+        } else if queued && self.phase.is_running() {
             let _ = self.start_reload();
         }
     }
@@ -181,26 +253,32 @@ impl Master {
         }
     }
 
-    /// The new generation cannot boot: kill it, go back.
-    pub(super) fn abandon_reload(&mut self, reason: &str) {
+    /// The new generation cannot boot, or crashed on probation: stop it
+    /// and go back, the previous generation serving untouched with its
+    /// configuration. `headline` is the line logged, sent to `-s reload`
+    /// and to systemd's STATUS=. Ready workers of the new generation are
+    /// drained (they may hold requests); booting ones are killed.
+    pub(super) fn abandon_reload(&mut self, headline: &str) {
         let Some(r) = self.reload.end() else { return };
-        log::error!(
-            "reload to generation {} failed: {reason}; generation {} keeps \
-             serving",
-            self.generation,
-            r.from
-        );
+        let headline = one_line(headline);
+        log::error!("{headline}; generation {} keeps serving", r.from);
         self.answer_waiting(
             Wait::Reload(r.target),
-            Answer::Failed(format!(
-                "reload to generation {} failed: {}",
-                r.target,
-                one_line(reason)
-            )),
+            Answer::Failed(headline.clone()),
         );
+        let now = Instant::now();
         for w in &mut self.workers {
-            if w.generation == self.generation && !w.is_stopping() {
-                let kill_at = super::workers::kill(w, Instant::now());
+            if w.generation != self.generation || w.is_stopping() {
+                continue;
+            }
+            if w.is_ready() {
+                super::workers::signal_group(
+                    w.pid,
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                w.stop(Stop::Drain, Some(now + self.cfg.graceful_timeout));
+            } else {
+                let kill_at = super::workers::kill(w, now);
                 w.stop(Stop::Quit, kill_at);
             }
         }
@@ -213,19 +291,17 @@ impl Master {
                 self.unlink(&l);
             }
         }
+        log::set_max_level(r.previous.log_level);
         self.cfg = r.previous;
         self.generation = r.from;
         self.young_until = r.from_young_until;
         self.desired = self.cfg.workers;
+        self.failures = 0;
+        self.respawn_at = None;
         if self.phase.is_running() {
-            self.sd_notify(&format!(
-                "READY=1\nSTATUS=reload failed: {}",
-                one_line(reason)
-            ));
+            self.sd_notify(&format!("READY=1\nSTATUS={headline}"));
         }
-        if r.queued && self.phase.is_running() {
-            let _ = self.start_reload();
-        }
+        self.after_reload(r.queued, r.term_held);
     }
 
     /// Whether a failure of a worker of `generation` abandons a reload.

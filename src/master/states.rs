@@ -23,6 +23,13 @@ pub enum Phase {
     /// The first generation is not ready yet: a worker that cannot boot
     /// halts the master (invariant 5).
     Starting,
+    /// SPEC 13: the first generation is ready and on probation until
+    /// `until`; a crash of one of its workers meanwhile halts, as a boot
+    /// failure does. A plain master already serves (pidfile, READY=1); a
+    /// new master reports ready to the old one only once it is over.
+    Probation {
+        until: Instant,
+    },
     Serving,
     /// Stopping; exits with `exit` once every worker is reaped.
     /// `served`: the first generation had been ready.
@@ -41,7 +48,7 @@ impl Phase {
     /// Whether the first generation has been ready.
     pub fn served(&self) -> bool {
         match self {
-            Phase::Starting => false,
+            Phase::Starting | Phase::Probation { .. } => false,
             Phase::Serving => true,
             Phase::Stopping { served, .. } => *served,
         }
@@ -55,6 +62,38 @@ impl Phase {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The first generation is ready and `probation` is on: its window
+    /// runs until `until`. True the first time (from `Starting`).
+    pub fn on_probation(&mut self, until: Instant) -> bool {
+        match self {
+            Phase::Starting => {
+                *self = Phase::Probation { until };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The first generation's probation passed at `now`: serving. True
+    /// the once it happens.
+    pub fn probation_over(&mut self, now: Instant) -> bool {
+        match self {
+            Phase::Probation { until } if *until <= now => {
+                *self = Phase::Serving;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the first generation's probation ends.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Phase::Probation { until } => Some(*until),
+            _ => None,
         }
     }
 
@@ -116,6 +155,20 @@ pub struct InFlight {
     pub previous_listeners: Vec<Rc<Listener>>,
     pub started: Instant,
     pub queued: bool,
+    /// SPEC 13: every new worker is ready and the generation is on
+    /// probation since `.0` until `.1`; the old one serves meanwhile.
+    pub probation: Option<(Instant, Instant)>,
+    /// A TERM came during the probation: the stop waits for its end.
+    pub term_held: bool,
+}
+
+/// What happens when every worker of the new generation is ready.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AllReady {
+    /// No reload in flight, or its probation runs already.
+    Nothing,
+    /// The probation window opens; the old generation keeps serving.
+    Probation { until: Instant },
 }
 
 /// What a HUP does.
@@ -160,8 +213,76 @@ impl Reload {
         Hup::Start
     }
 
-    /// Every worker of the new generation is ready: the old one retires.
-    /// Returns what the reload replaced, and whether a HUP is queued.
+    /// Every worker of the new generation is ready at `now`. Without a
+    /// probation the reload goes on at once (`on_ready`); with one, its
+    /// window opens, once.
+    pub fn on_all_ready(
+        &mut self,
+        now: Instant,
+        probation: std::time::Duration,
+    ) -> AllReady {
+        match self {
+            Reload::InFlight(r)
+                if r.probation.is_none() && !probation.is_zero() =>
+            {
+                let until = now + probation;
+                r.probation = Some((now, until));
+                AllReady::Probation { until }
+            }
+            _ => AllReady::Nothing,
+        }
+    }
+
+    /// The probation window of the reload in flight passed at `now`:
+    /// the old generation retires (see `on_ready`).
+    pub fn on_probation_timer(
+        &mut self,
+        now: Instant,
+    ) -> Option<Box<InFlight>> {
+        match self {
+            Reload::InFlight(r)
+                if r.probation.is_some_and(|(_, until)| until <= now) =>
+            {
+                self.on_ready()
+            }
+            _ => None,
+        }
+    }
+
+    /// When the probation of the reload in flight ends.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Reload::InFlight(r) => r.probation.map(|(_, until)| until),
+            _ => None,
+        }
+    }
+
+    /// Whether the new generation's probation runs (since when, and how
+    /// long it lasts).
+    pub fn probation(&self) -> Option<(Instant, Instant)> {
+        match self {
+            Reload::InFlight(r) => r.probation,
+            _ => None,
+        }
+    }
+
+    /// A stop during the probation: the first TERM is held until the
+    /// window ends (true); a second TERM, or INT/QUIT, stops at once.
+    pub fn hold_stop(&mut self, graceful: bool) -> bool {
+        match self {
+            Reload::InFlight(r)
+                if graceful && r.probation.is_some() && !r.term_held =>
+            {
+                r.term_held = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every worker of the new generation is ready (and its probation,
+    /// if any, passed): the old one retires. Returns what the reload
+    /// replaced, and whether a HUP is queued.
     pub fn on_ready(&mut self) -> Option<Box<InFlight>> {
         match std::mem::replace(self, Reload::Idle) {
             Reload::InFlight(r) => {

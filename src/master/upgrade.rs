@@ -128,12 +128,19 @@ impl Master {
         // The new master's own workers have --boot-timeout from their
         // spawn, after its start-up: the margin lets their failure (and
         // its cause, on the ready pipe) come first.
-        let deadline = Instant::now() + self.cfg.boot_timeout + UPGRADE_MARGIN;
+        let deadline = Instant::now() + self.upgrade_limit();
         self.upgrade = Upgrade::booting(child, ready_r, err_r, deadline);
         self.sd_notify(&format!(
             "STATUS=upgrading: new master {child} booting"
         ));
         Ok(())
+    }
+
+    /// How long a new master has to report ready: its workers' boot
+    /// timeout and probation (this master's settings), and a margin so
+    /// that its own verdict, with the cause, comes first.
+    fn upgrade_limit(&self) -> std::time::Duration {
+        self.cfg.boot_timeout + self.cfg.probation + UPGRADE_MARGIN
     }
 
     /// The ready pipe: a byte (ready), `!reason` or EOF (it failed).
@@ -173,7 +180,7 @@ impl Master {
     pub(super) fn upgrade_timers(&mut self, now: Instant) {
         let why = format!(
             "not ready within {}",
-            humantime::format_duration(self.cfg.boot_timeout + UPGRADE_MARGIN)
+            humantime::format_duration(self.upgrade_limit())
         );
         if let Some(child) = self.upgrade.on_deadline(now, why) {
             let _ = kill(child, Signal::SIGKILL);

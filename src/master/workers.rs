@@ -110,6 +110,9 @@ impl Master {
         }
         let now = Instant::now();
         let what = describe(status);
+        if self.probation_crash(&w, status, now) {
+            return;
+        }
         let exec_error = exec_error(&w, &self.cfg);
         match (w.state, exec_error) {
             (_, Some(reason)) => {
@@ -209,6 +212,97 @@ impl Master {
         }
     }
 
+    /// SPEC 13: a worker of a generation on probation exited without
+    /// being asked to (after its readiness: a boot failure goes the boot
+    /// failure's way, which also ends a reload or halts). A reload rolls
+    /// back; the first generation has nothing to go back to and halts
+    /// (exit 3, or 4 when the worker exited 4). Returns whether it was
+    /// taken as such.
+    fn probation_crash(
+        &mut self,
+        w: &Worker,
+        status: WaitStatus,
+        now: Instant,
+    ) -> bool {
+        if self.cfg.probation.is_zero()
+            || !self.crashed_on_its_own(w, status, now)
+        {
+            return false;
+        }
+        let probation = humantime::format_duration(self.cfg.probation);
+        let what = describe(status);
+        if self.reload_failing(w.generation) {
+            let when = match self.reload.probation() {
+                Some((began, _)) => format!(
+                    "after {:.1}s of probation {probation}",
+                    now.duration_since(began).as_secs_f64()
+                ),
+                None => "before its generation was ready".to_string(),
+            };
+            let line = with_tail(
+                format!("reload rolled back: {} {what} {when}", w.role()),
+                w,
+            );
+            self.abandon_reload(&line);
+            return true;
+        }
+        if w.generation != 1 || self.phase.served() || !self.phase.is_running()
+        {
+            return false;
+        }
+        let when = match self.phase.deadline() {
+            Some(until) => format!(
+                "after {:.1}s of probation {probation}",
+                self.cfg
+                    .probation
+                    .saturating_sub(until.saturating_duration_since(now))
+                    .as_secs_f64()
+            ),
+            None => "before its generation was ready".to_string(),
+        };
+        let line = with_tail(
+            format!("probation failed: {} {what} {when}", w.role()),
+            w,
+        );
+        log::error!("{line}");
+        self.halt(boot_code(status).unwrap_or(3), line);
+        true
+    }
+
+    /// Whether a worker that went away was not asked to: a crash, an
+    /// exit (even 0), a heartbeat timeout. A boot failure is judged as
+    /// one (`boot_failed`), not here.
+    fn crashed_on_its_own(
+        &self,
+        w: &Worker,
+        status: WaitStatus,
+        now: Instant,
+    ) -> bool {
+        match w.state {
+            State::Ready { .. } => true,
+            State::Stopping {
+                why: Stop::Late, ..
+            } => true,
+            State::Stopping {
+                why: Stop::Leaving, ..
+            } => !self.expected_leave(w, status, now),
+            _ => false,
+        }
+    }
+
+    /// The first generation's probation passed: this master serves for
+    /// good (a new master now tells the old one it is ready).
+    pub(super) fn first_probation_timer(&mut self, now: Instant) {
+        if self.phase.probation_over(now) {
+            log::info!(
+                "generation {} passed its probation of {}",
+                self.generation,
+                humantime::format_duration(self.cfg.probation)
+            );
+            self.on_serving();
+        }
+    }
+
     /// A worker that could not boot: before the first generation was
     /// ready this halts the master (exit 3, or 4 when the app said it
     /// cannot load); later it is a failure in the backoff streak.
@@ -222,7 +316,10 @@ impl Master {
     ) {
         log::error!("{reason}");
         if self.reload_failing(w.generation) {
-            self.abandon_reload(&reason);
+            self.abandon_reload(&format!(
+                "reload to generation {} failed: {reason}",
+                w.generation
+            ));
             return;
         }
         if self.phase.served() {
@@ -243,7 +340,10 @@ impl Master {
             .to_string();
         log::error!("{reason}");
         if self.reload_failing(w.generation) {
-            self.abandon_reload(&reason);
+            self.abandon_reload(&format!(
+                "reload to generation {} failed: {reason}",
+                w.generation
+            ));
         } else if self.roll_back(w.generation, &reason) {
         } else if w.generation == 1 {
             self.halt(code, line);
@@ -291,6 +391,31 @@ impl Master {
     pub(super) fn failed(&mut self, w: &Worker, now: Instant) {
         let stable = w.served_for(now).is_some_and(|d| d >= pool::STABLE);
         self.failures = if stable { 1 } else { self.failures + 1 };
+        let limit = self.cfg.crash_loop_limit;
+        if limit > 0
+            && self.failures >= limit
+            && w.generation == self.generation
+            && self.phase.is_running()
+        {
+            let line = format!(
+                "crash loop: {} workers of generation {} crashed in a row, \
+                 none living {}s (--crash-loop-limit {limit}); last: {}",
+                self.failures,
+                w.generation,
+                pool::STABLE.as_secs(),
+                w.role()
+            );
+            log::error!("{line}");
+            self.sd_notify(&format!("STATUS=halted: {line}"));
+            self.stop_all(
+                false,
+                Exit {
+                    code: 3,
+                    reason: Some(line),
+                },
+            );
+            return;
+        }
         let delay = pool::backoff(self.failures);
         if !delay.is_zero() {
             log::warn!(
@@ -353,6 +478,8 @@ impl Master {
             self.on_ready(i);
         }
         self.upgrade_timers(now);
+        self.reload_timers(now);
+        self.first_probation_timer(now);
         if let Some((every, at)) = self.watchdog
             && at <= now
         {
@@ -375,7 +502,18 @@ impl Master {
             self.generation,
             may_spawn,
         );
-        for pid in plan.retire {
+        let mut retire = plan.retire;
+        if self.reload.in_flight() {
+            // The old generation serves until the new one is ready and,
+            // with --probation, has passed it (invariant 2).
+            let current = self.generation;
+            retire.retain(|pid| {
+                self.workers
+                    .iter()
+                    .any(|w| w.pid == *pid && w.generation == current)
+            });
+        }
+        for pid in retire {
             if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                 log::info!("retiring {}", w.role());
                 signal_group(pid, Signal::SIGTERM);

@@ -30,6 +30,8 @@ mod faults_ops;
 /// The built-in worker under faults: load during stop/reload, a stopped
 /// master, descriptor exhaustion, slow and malformed clients.
 mod faults_worker;
+/// SPEC 13: probation, rollback, release paths, crash-loop limit.
+mod probation;
 /// One test per bug found in review.
 mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.

@@ -87,7 +87,8 @@ fn a_generation_that_cannot_boot_is_abandoned() {
         u.log.wait_from(0, &["reload to generation 2 failed"], LONG);
     assert!(line.contains("app: bad release"), "{line}");
     assert!(line.contains("generation 1 keeps serving"), "{line}");
-    u.systemd.expect("STATUS=reload failed", LONG);
+    u.systemd
+        .expect("STATUS=reload to generation 2 failed", LONG);
     assert_eq!(get_ok(&a, "/").json()["generation"].as_u64(), Some(1));
     let report = load.finish();
     assert!(report.failures.is_empty(), "{:?}", report.failures);

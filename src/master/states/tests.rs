@@ -207,6 +207,8 @@ fn in_flight(target: u64) -> Reload {
         previous_listeners: Vec::new(),
         started: Instant::now(),
         queued: false,
+        probation: None,
+        term_held: false,
     }))
 }
 
@@ -247,4 +249,75 @@ fn usr2_is_refused_while_stopping_unpromoted_or_with_a_new_master() {
         alive: false,
     };
     assert_eq!(gone.refuse(None, true, &idle), None);
+}
+
+#[test]
+fn a_reload_on_probation_retires_only_when_the_window_passed() {
+    let d = std::time::Duration::from_secs(5);
+    let t0 = Instant::now();
+    let mut r = in_flight(2);
+    assert_eq!(r.on_all_ready(t0, d), AllReady::Probation { until: t0 + d });
+    // Ready again (a TTIN, a respawn): the window does not restart.
+    assert_eq!(r.on_all_ready(t0 + d / 2, d), AllReady::Nothing);
+    assert_eq!(r.deadline(), Some(t0 + d));
+    assert!(r.on_probation_timer(t0 + d / 2).is_none(), "too early");
+    assert!(r.in_flight());
+    let done = r.on_probation_timer(t0 + d).expect("passed");
+    assert_eq!(done.target, 2);
+    assert!(matches!(r, Reload::Retiring { target: 2 }));
+    assert_eq!(r.deadline(), None);
+}
+
+#[test]
+fn without_probation_all_ready_is_nothing_to_wait_for() {
+    let mut r = in_flight(2);
+    let zero = std::time::Duration::ZERO;
+    assert_eq!(r.on_all_ready(Instant::now(), zero), AllReady::Nothing);
+    assert_eq!(r.probation(), None);
+    assert!(r.on_ready().is_some());
+    assert_eq!(
+        Reload::Idle.on_all_ready(Instant::now(), zero),
+        AllReady::Nothing
+    );
+}
+
+#[test]
+fn term_during_probation_is_held_once_quit_is_not() {
+    let mut r = in_flight(2);
+    assert!(!r.hold_stop(true), "no window yet: TERM stops");
+    let t0 = Instant::now();
+    r.on_all_ready(t0, std::time::Duration::from_secs(5));
+    assert!(!r.hold_stop(false), "QUIT stops at once");
+    assert!(r.hold_stop(true), "the first TERM is held");
+    assert!(!r.hold_stop(true), "a second TERM stops at once");
+    let Reload::InFlight(f) = &r else { panic!() };
+    assert!(f.term_held);
+    // A rollback hands the held TERM back with what it ends.
+    let ended = r.end().unwrap();
+    assert!(ended.term_held);
+}
+
+#[test]
+fn a_hup_during_probation_is_queued() {
+    let mut r = in_flight(2);
+    r.on_all_ready(Instant::now(), std::time::Duration::from_secs(5));
+    assert_eq!(r.on_hup(true, None, 2), Hup::Queued { target: 3 });
+}
+
+#[test]
+fn the_first_generations_probation() {
+    let t0 = Instant::now();
+    let d = std::time::Duration::from_secs(5);
+    let mut p = Phase::Starting;
+    assert!(p.on_probation(t0 + d));
+    assert!(!p.on_probation(t0 + d), "once");
+    assert!(!p.served(), "a crash in the window halts");
+    assert!(p.is_running());
+    assert_eq!(p.deadline(), Some(t0 + d));
+    assert_eq!(p.halt_code(4), Some(4));
+    assert!(!p.probation_over(t0));
+    assert!(p.probation_over(t0 + d));
+    assert!(p.served());
+    assert_eq!(p.deadline(), None);
+    assert!(!p.probation_over(t0 + d), "once");
 }
