@@ -86,6 +86,12 @@ find_binary() {
     BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug/upgrader
     [ -x "$BIN" ] || die "no binary at $BIN"
 }
+# The slow-request and exit seams (/_test/) are what the drain checks
+# stand on; a release build without the test-hooks feature has none.
+need_hooks() {
+    grep -qa '/_test/' "$BIN" \
+        || die "$BIN has no test hooks (a release build?): unset UPGRADER_BIN to use the debug build, or build with --features test-hooks"
+}
 
 # ------------------------------------------------------------------ verify
 # A copy of the shipped units whose ExecStart names the built binary (verify
@@ -174,6 +180,7 @@ trap 'exit 130' INT TERM
 T0=$(now_ms)
 TMP=$(mktemp -d /tmp/upgck.XXXXXX) || die "mktemp failed"
 find_binary
+need_hooks
 
 echo "---- systemd-analyze verify (host: $(systemd-analyze --version | head -1))"
 if out=$(verify_units); then
@@ -425,7 +432,7 @@ sctl daemon-reload
 if sctl start $UNIT && wait_until 10 state_is active/running; then
     old=$(mainpid)
     c=$(cursor)
-    wait_until 10 journal_has "$c" "generation 1 passed its probation"
+    wait_until 10 journal_has "$c" "first generation passed its probation"
     release '["/bin/sh", "-c", "echo release 2 crashes >&2; sleep 2; exit 1"]'
     c=$(cursor)
     sctl reload $UNIT

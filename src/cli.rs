@@ -255,27 +255,37 @@ impl Options {
 /// A list in the config file may also be a single string
 /// (`bind = "127.0.0.1:8000"`).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
+#[serde(untagged, expecting = "expected a string or a list of strings")]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
+/// Strings, one or a list, each parsed as `T` (its error, not serde's
+/// "did not match any variant", reaches the operator).
 fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
 {
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(t) => vec![t],
+    let v = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
-    })
+    };
+    v.into_iter()
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(<D::Error as serde::de::Error>::custom)
+        })
+        .collect()
 }
 
 fn one_or_many_opt<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
 {
     one_or_many(d).map(Some)
 }

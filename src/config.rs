@@ -207,10 +207,32 @@ pub fn read_file(path: &Path) -> Result<Options> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let msg = e.to_string().replace('\n', " ");
-        let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-        anyhow::anyhow!("config {}: {msg}", path.display())
+        anyhow::anyhow!("config {}: {}", path.display(), toml_error(&text, &e))
     })
+}
+
+/// A TOML error as one line an operator reads: where (line, and the
+/// line itself) and what, in words rather than Rust's type names.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut what =
+        e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    for (rust, words) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected i32", "expected a whole number"),
+    ] {
+        what = what.replace(rust, words);
+    }
+    match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("line {line} ({source}): {what}")
+        }
+        None => what,
+    }
 }
 
 /// The pidfile `upgrader -s` acts on: `--pid`, else the `pid` key of

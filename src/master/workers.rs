@@ -295,8 +295,7 @@ impl Master {
     pub(super) fn first_probation_timer(&mut self, now: Instant) {
         if self.phase.probation_over(now) {
             log::info!(
-                "generation {} passed its probation of {}",
-                self.generation,
+                "first generation passed its probation of {}",
                 humantime::format_duration(self.cfg.probation)
             );
             self.on_serving();

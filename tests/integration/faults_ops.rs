@@ -606,3 +606,42 @@ fn error_messages_say_the_reason_once_in_plain_words() {
     assert_eq!(rc, 1, "{out}");
     assert!(out.contains("is empty"), "{out}");
 }
+
+/// Error text in a config file: where (the line and its text) and what,
+/// in words, not Rust's type names ("expected usize") or serde's
+/// "did not match any variant of untagged enum".
+#[test]
+fn config_file_errors_name_the_line_in_plain_words() {
+    let dir = TempDir::new();
+    for (text, want) in [
+        (
+            "workers = -1\n",
+            "line 1 (workers = -1): invalid value: integer `-1`, expected a whole number >= 0",
+        ),
+        (
+            "pid = \"u.pid\"\nbacklog = 1.5\n",
+            "line 2 (backlog = 1.5): invalid type: floating point `1.5`, expected a whole number",
+        ),
+        (
+            "bind = [\"x:99999\"]\n",
+            "line 1 (bind = [\"x:99999\"]): x:99999: port \"99999\" is not in 0-65535",
+        ),
+        (
+            "exec = 3\n",
+            "line 1 (exec = 3): expected a string or a list of strings",
+        ),
+    ] {
+        std::fs::write(dir.path("u.toml"), text).unwrap();
+        let (st, out) =
+            run_to_end(&["-c", "u.toml", "--check-config"], &dir.0);
+        assert_eq!(st.code(), Some(2), "{text}: {out}");
+        assert_eq!(
+            out.trim(),
+            format!("upgrader: error: config u.toml: {want}"),
+            "{text}"
+        );
+        for rust in ["usize", "u64", "untagged", "TOML parse error"] {
+            assert!(!out.contains(rust), "{text}: {out}");
+        }
+    }
+}

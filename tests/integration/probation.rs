@@ -65,7 +65,7 @@ fn reload_rolls_back(code: i32) {
     let a = u.addr(0);
     let dir = u.dir.0.clone();
     u.log
-        .wait_from(0, &["generation 1 passed its probation"], LONG);
+        .wait_from(0, &["first generation passed its probation"], LONG);
     assert_eq!(generation(&a), 1);
 
     let load = Load::start(&a, 4, Duration::from_secs(30));
@@ -137,7 +137,7 @@ fn a_good_reload_completes_after_its_probation() {
     let a = u.addr(0);
     let dir = u.dir.0.clone();
     u.log
-        .wait_from(0, &["generation 1 passed its probation"], LONG);
+        .wait_from(0, &["first generation passed its probation"], LONG);
     let from = u.log.len();
     let t = Instant::now();
     let (rc, out) = s(&dir, &["reload", "--pid", "u.pid"]);
@@ -333,7 +333,7 @@ fn a_swapped_current_symlink_cannot_change_a_kept_generation() {
     let v1 = std::fs::canonicalize(d.join("v1")).unwrap();
     u.log.wait_from(0, &["generation 1 runs", "v1"], LONG);
     u.log
-        .wait_from(0, &["generation 1 passed its probation"], LONG);
+        .wait_from(0, &["first generation passed its probation"], LONG);
     // The deploy: current -> v2, atomically.
     symlink("v2", d.join("current.new")).unwrap();
     std::fs::rename(d.join("current.new"), d.join("current")).unwrap();
