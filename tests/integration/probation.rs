@@ -166,6 +166,17 @@ fn a_good_reload_completes_after_its_probation() {
         u.log.text()
     );
     assert_eq!(generation(&a), 2);
+    // systemd hears READY=1 for the reload only after the window.
+    let seen = u.systemd.seen();
+    let reloading = seen.iter().rposition(|m| m.contains("RELOADING=1"));
+    let on_probation = seen.iter().position(|m| {
+        m.contains("STATUS=reloading: generation 2 on probation")
+    });
+    let ready = seen.iter().rposition(|m| m.contains("READY=1"));
+    assert!(
+        matches!((reloading, on_probation, ready), (Some(r), Some(p), Some(y)) if r <= p && p < y),
+        "READY=1 before the probation window: {seen:?}"
+    );
 }
 
 /// TERM during a reload's probation waits for its end; a second TERM
@@ -281,10 +292,23 @@ fn an_upgrade_whose_workers_crash_on_probation_keeps_the_old_master() {
         report.failures.len(),
         report.failures
     );
-    // A good release goes through.
+    // A good release goes through, once its first generation passed
+    // its probation: ready (1 s) plus the window (1 s) before the ready
+    // byte that retires the old master.
     release(&cfg, 2, "1", None);
+    let from = u.log.len();
     let (rc, out) = s(&dir, &["upgrade", "--pid", "u.pid"]);
     assert_eq!(rc, 0, "{out}");
+    let (_, _, line) =
+        u.log
+            .wait_from(from, &["upgrade: new master", "ready in"], LONG);
+    let ms: u64 = line
+        .rsplit("ready in ")
+        .next()
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ms >= 2000, "ready before the probation passed: {line}");
     let new = wait_pidfile(&dir.join("u.pid"), Some(old));
     assert_eq!(u.wait_exit(LONG).code(), Some(0));
     assert!(alive(new));
