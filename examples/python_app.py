@@ -382,6 +382,10 @@ class App:
                 if method not in (b"GET", b"HEAD"):
                     return self.respond(conn, 405, "Method Not Allowed",
                                         b"only GET\n", "text/plain")
+                leak = env_int("APP_LEAK_MB")
+                if isinstance(leak, int) and leak > 0:
+                    # A leaking app: keep LEAK MB of touched pages per request.
+                    LEAKED.append(b"x" * (leak << 20))
                 info = dict(self.info, fd=fd)
                 body = (json.dumps(info, separators=(",", ":")) + "\n").encode()
                 self.respond(conn, 200, "OK", body, "application/json",
@@ -404,6 +408,9 @@ class App:
             conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+LEAKED = []  # APP_LEAK_MB
 
 
 def main():

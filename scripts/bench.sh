@@ -33,7 +33,10 @@
 #  * the cost of one request when nothing amortizes it: one client at a
 #    time against 8 workers, upgrader vs the raw loop (wall and CPU time,
 #    context switches per request);
-#  * the idle master's RSS, threads and wakeups per second, from /proc.
+#  * the idle master's RSS, threads and wakeups per second, from /proc;
+#  * (scripts/bench_reload.py) HUP time and peak worker count for -w 64
+#    with --reload-batch 0, 8, 64, and the master's CPU time spent
+#    measuring 64 workers' memory.
 #
 # Installs what is missing: wrk (apt-get), gunicorn (pip, in a venv under
 # BENCH_DIR). Needs python3 and cargo. Every wait is bounded; a figure that
@@ -179,3 +182,10 @@ export BENCH_COMMAND="$command_line" BENCH_REVISION="$revision"
 # The driver: scripts/bench.py (Python 3, standard library only); it reads
 # the BENCH_* variables above.
 python3 "$root/scripts/bench.py"
+# Rolling reload (HUP time, peak workers) and memory sampling cost.
+say "rolling reload and memory sampling (scripts/bench_reload.py)"
+if [ "$quick" = 1 ]; then
+    python3 "$root/scripts/bench_reload.py" "$upgrader_bin" --quick
+else
+    python3 "$root/scripts/bench_reload.py" "$upgrader_bin"
+fi

@@ -101,6 +101,22 @@ pub struct Options {
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub crash_loop_limit: Option<u32>,
 
+    /// Replace workers N at a time on HUP (spawn N, wait until ready,
+    /// retire N old ones), so at most workers + N exist; 0 = the whole
+    /// generation at once [default: 0]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    pub reload_batch: Option<usize>,
+
+    /// Replace a worker whose memory (PSS summed over its process group)
+    /// is over SIZE: 512M, 2G, or bytes [default: off]
+    #[arg(long, allow_negative_numbers = true, value_name = "SIZE")]
+    pub max_worker_memory: Option<Size>,
+
+    /// How often workers' memory is measured when --max-worker-memory is
+    /// set [default: 5]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS")]
+    pub memory_check_interval: Option<Secs>,
+
     /// After a USR2 upgrade, retire the old master as soon as the new one
     /// is ready [default: on under systemd (NOTIFY_SOCKET set), else off]
     #[arg(long, value_name = "on|off")]
@@ -234,6 +250,9 @@ impl Options {
             boot_timeout,
             probation,
             crash_loop_limit,
+            reload_batch,
+            max_worker_memory,
+            memory_check_interval,
             auto_retire,
             backlog,
             max_requests,
@@ -288,6 +307,43 @@ where
     T::Err: std::fmt::Display,
 {
     one_or_many(d).map(Some)
+}
+
+/// A size in bytes: a whole number with an optional K, M, G or T
+/// suffix (powers of 1024; `512M`, `2G`, `1048576`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let m: u64 = match c.to_ascii_uppercase() {
+                    'K' => 1 << 10,
+                    'M' => 1 << 20,
+                    'G' => 1 << 30,
+                    'T' => 1 << 40,
+                    _ => {
+                        return Err(format!(
+                            "{s:?} is not a size (e.g. 512M, 2G, or bytes)"
+                        ));
+                    }
+                };
+                (&t[..i], m)
+            }
+            _ => (t, 1),
+        };
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .filter(|n| *n > 0)
+            .map(Size)
+            .ok_or_else(|| {
+                format!("{s:?} is not a size (e.g. 512M, 2G, or bytes)")
+            })
+    }
 }
 
 /// A number of seconds, fractions allowed (`0.5`).
@@ -403,13 +459,15 @@ macro_rules! de_from_str {
                 d: D,
             ) -> Result<Self, D::Error> {
                 #[derive(Deserialize)]
-                #[serde(untagged)]
+                #[serde(untagged, expecting = "expected a string")]
                 enum Raw {
                     B(bool),
+                    I(i64),
                     S(String),
                 }
                 let s = match Raw::deserialize(d)? {
                     Raw::B(b) => if b { "on".into() } else { "off".into() },
+                    Raw::I(i) => i.to_string(),
                     Raw::S(s) => s,
                 };
                 s.parse().map_err(serde::de::Error::custom)
@@ -417,7 +475,7 @@ macro_rules! de_from_str {
         }
     )*};
 }
-de_from_str!(SignalName, ReadyMode, OnOff, BindSpec);
+de_from_str!(SignalName, ReadyMode, OnOff, BindSpec, Size);
 
 #[cfg(test)]
 mod tests {

@@ -53,6 +53,12 @@ pub struct Config {
     pub probation: Duration,
     /// SPEC 13: halt after this many consecutive crashes; 0: off.
     pub crash_loop_limit: u32,
+    /// SPEC 14: replace workers this many at a time on HUP; 0: all.
+    pub reload_batch: usize,
+    /// SPEC 15: a worker over this many bytes is replaced; and how often
+    /// it is measured.
+    pub max_worker_memory: Option<u64>,
+    pub memory_check_interval: Duration,
     pub auto_retire: bool,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
@@ -107,6 +113,22 @@ impl Config {
         let workers = o.workers.unwrap_or(1);
         if workers == 0 {
             bail!("--workers 0: at least one worker is needed");
+        }
+        if o.max_requests.is_some_and(|n| n > 0)
+            && matches!(kind, WorkerKind::Exec { .. })
+        {
+            bail!(
+                "--max-requests: exec workers do not report the requests \
+                 they serve, so it applies to built-in workers only; use \
+                 --max-worker-memory to replace a leaking app"
+            );
+        }
+        let memory_check_interval = secs(o.memory_check_interval, 5.0);
+        if memory_check_interval < Duration::from_millis(100) {
+            bail!(
+                "--memory-check-interval {}: at least 0.1 s",
+                humantime::format_duration(memory_check_interval)
+            );
         }
         let ready =
             o.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1)));
@@ -184,6 +206,9 @@ impl Config {
             boot_timeout: secs(o.boot_timeout, 30.0),
             probation: secs(o.probation, 0.0),
             crash_loop_limit: o.crash_loop_limit.unwrap_or(0),
+            reload_batch: o.reload_batch.unwrap_or(0),
+            max_worker_memory: o.max_worker_memory.map(|s| s.0),
+            memory_check_interval,
             auto_retire: o
                 .auto_retire
                 .map(|a| a.0)

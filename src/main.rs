@@ -233,7 +233,6 @@ fn run(cli: Options, mut env: handoff::Environment) -> Result<u8, Failure> {
     }
     if matches!(cfg.kind, config::WorkerKind::Exec { .. }) {
         for (given, what) in [
-            (cfg.max_requests > 0, "--max-requests"),
             (cfg.max_requests_jitter > 0, "--max-requests-jitter"),
             (cli.client_timeout.is_some(), "--client-timeout"),
         ] {

@@ -109,6 +109,9 @@ pub struct Worker {
     pub ready_since: Option<Instant>,
     /// An exec worker's own parts; `None` for a built-in worker.
     pub exec: Option<ExecWorker>,
+    /// Its memory (bytes of PSS over its process group) when last
+    /// measured (`--max-worker-memory`).
+    pub memory: Option<u64>,
 }
 
 impl Worker {
@@ -125,6 +128,7 @@ impl Worker {
             requests: None,
             ready_since: None,
             exec: None,
+            memory: None,
         }
     }
 
@@ -290,6 +294,47 @@ pub fn plan(
     plan
 }
 
+/// SPEC 14: a rolling reload to generation `current`, `batch` workers
+/// at a time. Every process counts against `desired + batch` (draining
+/// ones too: they still hold memory), so new workers are spawned only as
+/// old ones are gone; each ready new worker lets one old one retire,
+/// oldest first, so serving capacity never drops below `desired`; the
+/// last `keep_old` old workers stay (until the probation has passed).
+pub fn rolling_plan(
+    workers: &[Worker],
+    desired: usize,
+    current: u64,
+    batch: usize,
+    keep_old: usize,
+    may_spawn: bool,
+) -> Plan {
+    let mut new: Vec<&Worker> = workers
+        .iter()
+        .filter(|w| w.generation == current && !w.is_stopping())
+        .collect();
+    new.sort_by_key(|w| w.age);
+    let mut old: Vec<&Worker> = workers
+        .iter()
+        .filter(|w| w.generation < current && !w.is_stopping())
+        .collect();
+    old.sort_by_key(|w| w.age);
+    let mut plan = Plan::default();
+    if may_spawn && new.len() < desired {
+        let room = (desired + batch).saturating_sub(workers.len());
+        plan.spawn = (desired - new.len()).min(room);
+    }
+    if new.len() > desired {
+        plan.retire
+            .extend(new.iter().take(new.len() - desired).map(|w| w.pid));
+    }
+    let ready = new.iter().filter(|w| w.is_ready()).count().min(desired);
+    let surplus = (old.len() + ready).saturating_sub(desired);
+    let may_go = old.len().saturating_sub(keep_old);
+    plan.retire
+        .extend(old.iter().take(surplus.min(may_go)).map(|w| w.pid));
+    plan
+}
+
 /// Delay before the next respawn after `failures` consecutive failed
 /// workers: the first failure respawns at once, then 100 ms doubling up
 /// to 10 s, so a crashing app costs a little CPU, not a fork storm.
@@ -308,6 +353,71 @@ pub const STABLE: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stopping(pid: i32, age: u64, generation: u64) -> Worker {
+        let mut x = w(pid, age, generation, true);
+        x.stop(Stop::Drain, None);
+        x
+    }
+
+    #[test]
+    fn a_rolling_reload_goes_batch_by_batch_within_desired_plus_batch() {
+        // 4 old (gen 1) workers, batch 2, to gen 2.
+        let mut ws: Vec<Worker> =
+            (1..=4).map(|i| w(i, i as u64, 1, true)).collect();
+        let p = rolling_plan(&ws, 4, 2, 2, 0, true);
+        assert_eq!(
+            p,
+            Plan {
+                spawn: 2,
+                retire: vec![]
+            }
+        );
+        // Two new ones booting: nothing more until they are ready.
+        ws.push(w(11, 5, 2, false));
+        ws.push(w(12, 6, 2, false));
+        assert_eq!(rolling_plan(&ws, 4, 2, 2, 0, true), Plan::default());
+        // Ready: the two oldest old ones retire.
+        for x in ws.iter_mut().filter(|x| x.generation == 2) {
+            x.become_ready(Instant::now(), None);
+        }
+        let p = rolling_plan(&ws, 4, 2, 2, 0, true);
+        assert_eq!(
+            p,
+            Plan {
+                spawn: 0,
+                retire: vec![Pid::from_raw(1), Pid::from_raw(2)]
+            }
+        );
+        // While they drain they still count: no spawn beyond 6.
+        ws[0].stop(Stop::Drain, None);
+        ws[1].stop(Stop::Drain, None);
+        assert_eq!(rolling_plan(&ws, 4, 2, 2, 0, true).spawn, 0);
+        // Gone: the next batch.
+        ws.drain(..2);
+        assert_eq!(rolling_plan(&ws, 4, 2, 2, 0, true).spawn, 2);
+    }
+
+    #[test]
+    fn the_last_batch_of_old_workers_waits_for_the_probation() {
+        let mut ws: Vec<Worker> = vec![w(3, 3, 1, true), w(4, 4, 1, true)];
+        ws.extend((11..=14).map(|i| w(i, i as u64, 2, true)));
+        let p = rolling_plan(&ws, 4, 2, 2, 2, true);
+        assert!(p.retire.is_empty(), "kept for the probation: {p:?}");
+        let p = rolling_plan(&ws, 4, 2, 2, 0, true);
+        assert_eq!(p.retire, vec![Pid::from_raw(3), Pid::from_raw(4)]);
+        assert_eq!(p.spawn, 0);
+    }
+
+    #[test]
+    fn a_rolling_plan_never_exceeds_desired_plus_batch() {
+        let mut ws: Vec<Worker> =
+            (1..=8).map(|i| w(i, i as u64, 1, true)).collect();
+        ws.push(stopping(20, 20, 1));
+        let p = rolling_plan(&ws, 8, 2, 2, 0, true);
+        assert_eq!(p.spawn, 1, "9 processes, room for 1");
+        assert_eq!(rolling_plan(&ws, 8, 2, 2, 0, false).spawn, 0, "backoff");
+    }
 
     fn w(pid: i32, age: u64, generation: u64, ready: bool) -> Worker {
         let now = Instant::now();

@@ -49,6 +49,9 @@ pub struct WorkerStatus {
     pub heartbeat_secs_ago: Option<f64>,
     /// The last `STATUS=` it sent.
     pub status: Option<String>,
+    /// PSS over its process group, when measured (`--max-worker-memory`).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,8 +111,12 @@ impl WorkerStatus {
             .heartbeat_secs_ago
             .map(|s| format!(", heartbeat {s:.1}s ago"))
             .unwrap_or_default();
+        let memory = self
+            .memory_bytes
+            .map(|b| format!(", {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_default();
         format!(
-            "{who} gen={} age={} {state}{requests}{beat}",
+            "{who} gen={} age={} {state}{requests}{beat}{memory}",
             self.generation, self.age
         )
     }
@@ -147,6 +154,7 @@ mod tests {
                     requests: Some(7),
                     heartbeat_secs_ago: None,
                     status: None,
+                    memory_bytes: None,
                 },
                 WorkerStatus {
                     pid: 13,
@@ -158,6 +166,7 @@ mod tests {
                     requests: None,
                     heartbeat_secs_ago: Some(0.5),
                     status: None,
+                    memory_bytes: None,
                 },
             ],
             upgrade: Some(UpgradeStatus {

@@ -412,6 +412,7 @@ impl Master {
                         .last_beat
                         .map(|b| now.duration_since(b).as_secs_f64()),
                     status: w.status.clone(),
+                    memory_bytes: w.memory,
                 }
             })
             .collect();

@@ -19,6 +19,7 @@
 
 mod control;
 mod datagrams;
+mod memory;
 mod poll;
 mod reload;
 mod resources;
@@ -88,6 +89,10 @@ pub struct Master {
     young_until: Option<Instant>,
     desired: usize,
     phase: Phase,
+    /// `--max-worker-memory`: the next measurement, and the worker over
+    /// the limit being replaced (surge first).
+    memory_due: Option<Instant>,
+    replacing: Option<Pid>,
     /// The pidfile is written and READY=1 sent (a plain master does
     /// that when its first generation is ready, before its probation).
     announced: bool,
@@ -174,6 +179,8 @@ impl Master {
             generation: 1,
             last_generation: 1,
             phase: Phase::Starting,
+            memory_due: None,
+            replacing: None,
             announced: false,
             failures: 0,
             respawn_at: None,
@@ -382,6 +389,7 @@ impl Master {
             w.role(),
             w.spawned.elapsed().as_millis()
         );
+        self.batch_ready();
         if self.ready_count() < self.desired {
             return;
         }
@@ -399,7 +407,7 @@ impl Master {
     }
 
     /// Ready workers of the current generation.
-    fn ready_count(&self) -> usize {
+    pub(super) fn ready_count(&self) -> usize {
         self.workers
             .iter()
             .filter(|w| w.generation == self.generation && w.is_ready())

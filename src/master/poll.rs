@@ -149,6 +149,7 @@ impl Master {
             .chain(self.barrier.as_ref().map(|(_, t)| *t))
             .chain(self.reload.deadline())
             .chain(self.phase.deadline())
+            .chain(self.memory_deadline())
             .min()
     }
 }

@@ -157,9 +157,8 @@ impl Master {
     /// is gone.
     pub(super) fn reload_ready(&mut self) {
         let now = Instant::now();
-        if let AllReady::Probation { until } =
-            self.reload.on_all_ready(now, self.cfg.probation)
-        {
+        let step = self.reload.on_all_ready(now, self.cfg.probation);
+        if let AllReady::Probation { until } = step {
             log::info!(
                 "reload: generation {} ready; on probation for {}, \
                  generation {} serves beside it until then",
@@ -175,12 +174,49 @@ impl Master {
             ));
             return;
         }
-        if self.reload.probation().is_some() {
+        if step != AllReady::Passed && self.reload.probation().is_some() {
             return; // the window runs: the timer ends it
         }
         if let Some(r) = self.reload.on_ready() {
             self.reload_passed(r);
         }
+    }
+
+    /// A rolling reload (`--reload-batch`): a new worker is ready. The
+    /// first one opens the probation window (SPEC 14: counted from the
+    /// first batch being ready); `maintain` retires old workers as new
+    /// ones are ready.
+    pub(super) fn batch_ready(&mut self) {
+        if !self.rolling() {
+            return;
+        }
+        let ready = self.ready_count();
+        if ready.is_multiple_of(self.cfg.reload_batch) || ready == self.desired
+        {
+            log::info!(
+                "reload: batch ready ({ready}/{} workers of generation {})",
+                self.desired,
+                self.generation
+            );
+        }
+        let now = Instant::now();
+        if let Some(until) =
+            self.reload.begin_probation(now, self.cfg.probation)
+        {
+            log::info!(
+                "reload: first batch of generation {} ready; on probation \
+                 for {}",
+                self.generation,
+                humantime::format_duration(
+                    until.saturating_duration_since(now)
+                )
+            );
+        }
+    }
+
+    /// A rolling reload is in flight.
+    pub(super) fn rolling(&self) -> bool {
+        self.reload.in_flight() && self.cfg.reload_batch > 0
     }
 
     /// The generation the reload in flight replaces.
@@ -194,7 +230,8 @@ impl Master {
     /// The probation of a reload in flight passed: the old generation
     /// retires now.
     pub(super) fn reload_timers(&mut self, now: Instant) {
-        if let Some(r) = self.reload.on_probation_timer(now) {
+        let all_ready = self.ready_count() >= self.desired;
+        if let Some(r) = self.reload.on_probation_timer(now, all_ready) {
             log::info!(
                 "reload: generation {} passed its probation of {}",
                 self.generation,

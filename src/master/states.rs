@@ -169,6 +169,9 @@ pub enum AllReady {
     Nothing,
     /// The probation window opens; the old generation keeps serving.
     Probation { until: Instant },
+    /// The window (opened by a first batch of a rolling reload) has
+    /// passed already: the reload goes on (`on_ready`).
+    Passed,
 }
 
 /// What a HUP does.
@@ -221,27 +224,51 @@ impl Reload {
         now: Instant,
         probation: std::time::Duration,
     ) -> AllReady {
+        if let Some(until) = self.begin_probation(now, probation) {
+            return AllReady::Probation { until };
+        }
+        match self {
+            Reload::InFlight(r)
+                if r.probation.is_some_and(|(_, until)| until <= now) =>
+            {
+                AllReady::Passed
+            }
+            _ => AllReady::Nothing,
+        }
+    }
+
+    /// Opens the probation window at `now`, once: when every new worker
+    /// is ready, or (a rolling reload) when the first batch is. Returns
+    /// its end when it opened now.
+    pub fn begin_probation(
+        &mut self,
+        now: Instant,
+        probation: std::time::Duration,
+    ) -> Option<Instant> {
         match self {
             Reload::InFlight(r)
                 if r.probation.is_none() && !probation.is_zero() =>
             {
                 let until = now + probation;
                 r.probation = Some((now, until));
-                AllReady::Probation { until }
+                Some(until)
             }
-            _ => AllReady::Nothing,
+            _ => None,
         }
     }
 
-    /// The probation window of the reload in flight passed at `now`:
-    /// the old generation retires (see `on_ready`).
+    /// The probation window of the reload in flight passed at `now`,
+    /// with every new worker ready (`all_ready`; if not, their readiness
+    /// ends it): the old generation retires (see `on_ready`).
     pub fn on_probation_timer(
         &mut self,
         now: Instant,
+        all_ready: bool,
     ) -> Option<Box<InFlight>> {
         match self {
             Reload::InFlight(r)
-                if r.probation.is_some_and(|(_, until)| until <= now) =>
+                if all_ready
+                    && r.probation.is_some_and(|(_, until)| until <= now) =>
             {
                 self.on_ready()
             }

@@ -224,9 +224,10 @@ impl Master {
         status: WaitStatus,
         now: Instant,
     ) -> bool {
-        if self.cfg.probation.is_zero()
-            || !self.crashed_on_its_own(w, status, now)
-        {
+        // A rolling reload rolls back on any crash of a new worker, with
+        // or without a probation (SPEC 14).
+        let watched = !self.cfg.probation.is_zero() || self.rolling();
+        if !watched || !self.crashed_on_its_own(w, status, now) {
             return false;
         }
         let probation = humantime::format_duration(self.cfg.probation);
@@ -479,6 +480,7 @@ impl Master {
         self.upgrade_timers(now);
         self.reload_timers(now);
         self.first_probation_timer(now);
+        self.memory_timers(now);
         if let Some((every, at)) = self.watchdog
             && at <= now
         {
@@ -495,14 +497,46 @@ impl Master {
         }
         self.close_retired();
         let may_spawn = self.respawn_at.is_none_or(|t| t <= now);
-        let plan = pool::plan(
-            &self.workers,
-            self.desired,
-            self.generation,
-            may_spawn,
-        );
+        let plan = if self.rolling() {
+            // The last batch of old workers stays through the probation.
+            let keep_old = if self.cfg.probation.is_zero() {
+                0
+            } else {
+                self.cfg.reload_batch
+            };
+            pool::rolling_plan(
+                &self.workers,
+                self.desired,
+                self.generation,
+                self.cfg.reload_batch,
+                keep_old,
+                may_spawn,
+            )
+        } else {
+            let target = self.memory_surge(now);
+            pool::plan(&self.workers, target, self.generation, may_spawn)
+        };
+        let mut spawn = plan.spawn;
+        if self.role.is_successor()
+            && !self.phase.served()
+            && self.cfg.reload_batch > 0
+        {
+            // A new master's first generation boots batch by batch too
+            // (SPEC 14), so the machine never starts every worker of the
+            // new release at once beside the old master's.
+            let booting = self
+                .workers
+                .iter()
+                .filter(|w| !w.is_ready() && !w.is_stopping())
+                .count();
+            spawn = if booting > 0 {
+                0
+            } else {
+                spawn.min(self.cfg.reload_batch)
+            };
+        }
         let mut retire = plan.retire;
-        if self.reload.in_flight() {
+        if self.reload.in_flight() && !self.rolling() {
             // The old generation serves until the new one is ready and,
             // with --probation, has passed it (invariant 2).
             let current = self.generation;
@@ -519,7 +553,7 @@ impl Master {
                 w.stop(Stop::Drain, Some(now + self.cfg.graceful_timeout));
             }
         }
-        for _ in 0..plan.spawn {
+        for _ in 0..spawn {
             if let Err(e) = self.spawn_one(now) {
                 log::error!("spawn: {e:#}");
                 self.respawn_at = Some(now + Duration::from_secs(1));

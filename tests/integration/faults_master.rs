@@ -482,26 +482,36 @@ fn a_listener_an_app_shut_down_is_restored() {
 }
 
 /// `--max-requests`, `--max-requests-jitter` and `--client-timeout` were
-/// accepted with `--exec` and silently did nothing: each is named in a
-/// warning at start, as `--timeout` is.
+/// accepted with `--exec` and silently did nothing. `--max-requests` is
+/// refused now (SPEC 15: exec apps do not report their requests), the
+/// other two are named in a warning at start, as `--timeout` is.
 #[test]
 fn built_in_only_options_are_warned_about_with_exec() {
     let u = upgrader()
         .args(["--bind", "127.0.0.1:0", "--ready", "delay:0.1"])
-        .args(["--max-requests", "10", "--max-requests-jitter", "2"])
+        .args(["--max-requests-jitter", "2"])
         .args(["--client-timeout", "3"])
         .args(["--exec", "sleep", "600"])
         .start();
     u.log.wait_from(0, &["serving: generation 1"], LONG);
-    for what in [
-        "--max-requests",
-        "--max-requests-jitter",
-        "--client-timeout",
-    ] {
+    for what in ["--max-requests-jitter", "--client-timeout"] {
         let line =
             format!("{what} is ignored: it applies to built-in workers only");
         u.log.wait_from(0, &[line.as_str()], LONG);
     }
+    let dir = TempDir::new();
+    let (st, out) = run_to_end(
+        &["--max-requests", "10", "--exec", "sleep", "600"],
+        &dir.0,
+    );
+    assert_eq!(st.code(), Some(2), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(
+            "upgrader: error: --max-requests: exec workers do not report"
+        ),
+        "{out}"
+    );
 }
 
 /// Workers flooding the notify socket kept the master draining it: its

@@ -36,6 +36,8 @@ mod probation;
 mod regression;
 /// HUP: reload, bad configs, failing generations, bind changes.
 mod reload;
+/// SPEC 14/15: rolling reload, memory limit.
+mod rolling;
 /// The built-in worker: serving, HTTP edge cases.
 mod serving;
 /// Master signals: TERM, QUIT, TTIN/TTOU, WINCH, USR1, kill -9.

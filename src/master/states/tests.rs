@@ -260,9 +260,12 @@ fn a_reload_on_probation_retires_only_when_the_window_passed() {
     // Ready again (a TTIN, a respawn): the window does not restart.
     assert_eq!(r.on_all_ready(t0 + d / 2, d), AllReady::Nothing);
     assert_eq!(r.deadline(), Some(t0 + d));
-    assert!(r.on_probation_timer(t0 + d / 2).is_none(), "too early");
+    assert!(
+        r.on_probation_timer(t0 + d / 2, true).is_none(),
+        "too early"
+    );
     assert!(r.in_flight());
-    let done = r.on_probation_timer(t0 + d).expect("passed");
+    let done = r.on_probation_timer(t0 + d, true).expect("passed");
     assert_eq!(done.target, 2);
     assert!(matches!(r, Reload::Retiring { target: 2 }));
     assert_eq!(r.deadline(), None);
@@ -320,4 +323,23 @@ fn the_first_generations_probation() {
     assert!(p.served());
     assert_eq!(p.deadline(), None);
     assert!(!p.probation_over(t0 + d), "once");
+}
+
+#[test]
+fn a_rolling_reloads_window_opens_with_the_first_batch() {
+    let d = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let mut r = in_flight(2);
+    assert_eq!(r.begin_probation(t0, d), Some(t0 + d), "first batch");
+    assert_eq!(r.begin_probation(t0 + d / 2, d), None, "once");
+    // The window passes before every new worker is ready: nothing yet.
+    assert!(r.on_probation_timer(t0 + d, false).is_none());
+    assert!(r.in_flight());
+    // The last batch is ready after the window: the reload goes on.
+    assert_eq!(r.on_all_ready(t0 + d * 2, d), AllReady::Passed);
+    // Ready before the window ends: the timer ends it.
+    let mut r = in_flight(2);
+    r.begin_probation(t0, d);
+    assert_eq!(r.on_all_ready(t0 + d / 2, d), AllReady::Nothing);
+    assert!(r.on_probation_timer(t0 + d, true).is_some());
 }
